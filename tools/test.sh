@@ -7,6 +7,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/setup.bash"
 cd "$ROOT"
 # Localhost-only DDS (never multicast out of the machine) and a private domain for this run.
+[ -d "$ROOT/.ros_ws/install" ] && export DART_REQUIRE_ROS=1
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( 20 + $$ % 60 ))}
 run=(python -m pytest -ra -p no:cacheprovider "$@")
 if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null && unshare -n true 2>/dev/null; then

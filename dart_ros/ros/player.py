@@ -1,0 +1,135 @@
+"""A small image source node: a synthetic test pattern (no camera needed) or a folder of images.
+
+    python -m dart_ros.ros.player --ros-args -p rate_hz:=10.0 -p width:=641 -p height:=479 \
+        -p encoding:=bgr8 -p frames:=50 -r image:=/camera/image_raw
+
+Publishes sensor_msgs/Image on ``image`` (or CompressedImage on ``image/compressed`` with
+``compressed:=true``), with increasing stamps and ``frame_id``. Like image_tools' burger mode.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def test_pattern(index: int, height: int, width: int) -> np.ndarray:
+    """An RGB frame: a colour gradient with a few moving shapes (deterministic in ``index``)."""
+    import cv2
+
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([xx / max(width - 1, 1), yy / max(height - 1, 1), 0.5 + 0.5 * np.sin((xx + yy) / 40.0)], -1)
+    img = (img * 120 + 40).astype(np.uint8)
+    t = index * 0.15
+    s = min(height, width)
+    for k, color in enumerate([(230, 40, 40), (40, 200, 60), (50, 80, 230)]):
+        cx = int(width * (0.5 + 0.35 * np.cos(t + 2.1 * k)))
+        cy = int(height * (0.5 + 0.35 * np.sin(1.3 * t + 2.1 * k)))
+        r = max(3, int(s * (0.08 + 0.03 * k)))
+        if k == 0:
+            cv2.circle(img, (cx, cy), r, color, -1)
+        else:
+            cv2.rectangle(img, (cx - r, cy - r // 2), (cx + r, cy + r // 2), color, -1)
+    return img
+
+
+def encode(rgb: np.ndarray, encoding: str) -> bytes:
+    if encoding == "rgb8":
+        return rgb.tobytes()
+    if encoding == "bgr8":
+        return np.ascontiguousarray(rgb[:, :, ::-1]).tobytes()
+    if encoding in ("rgba8", "bgra8"):
+        ch = rgb if encoding == "rgba8" else rgb[:, :, ::-1]
+        return np.dstack([ch, np.full(rgb.shape[:2], 255, np.uint8)]).tobytes()
+    if encoding == "mono8":
+        return rgb.mean(axis=2).astype(np.uint8).tobytes()
+    raise ValueError(f"unsupported encoding {encoding!r}")
+
+
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+class ImagePlayer(Node):
+    def __init__(self):
+        super().__init__("image_player")
+        p = self.declare_parameter
+        self.rate_hz = p("rate_hz", 10.0).value
+        self.width = p("width", 640).value
+        self.height = p("height", 480).value
+        self.encoding = p("encoding", "rgb8").value
+        self.frames = p("frames", 0).value  # 0 = forever
+        self.frame_id = p("frame_id", "camera").value
+        self.image_dir = p("image_dir", "").value
+        self.compressed = p("compressed", False).value
+        reliable = p("reliable", False).value
+        if self.encoding not in CHANNELS:
+            raise ValueError(f"encoding must be one of {sorted(CHANNELS)}")
+        self.files = sorted(f for f in glob.glob(os.path.join(self.image_dir, "*")) if f.lower().endswith(IMAGE_SUFFIXES)) if self.image_dir else []
+        if self.image_dir and not self.files:
+            raise ValueError(f"no images in {self.image_dir!r}")
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        from sensor_msgs.msg import CompressedImage, Image
+
+        if self.compressed:
+            self.pub = self.create_publisher(CompressedImage, "image/compressed", qos)
+        else:
+            self.pub = self.create_publisher(Image, "image", qos)
+        self.index = 0
+        self.create_timer(1.0 / self.rate_hz, self._tick)
+        src = self.image_dir or f"test pattern {self.width}x{self.height}"
+        self.get_logger().info(f"publishing {src} on {self.pub.topic_name} at {self.rate_hz} Hz")
+
+    def _frame(self) -> np.ndarray:
+        if self.files:
+            import cv2
+
+            bgr = cv2.imread(self.files[self.index % len(self.files)], cv2.IMREAD_COLOR)
+            return np.ascontiguousarray(bgr[:, :, ::-1])
+        return test_pattern(self.index, self.height, self.width)
+
+    def _tick(self) -> None:
+        if self.frames and self.index >= self.frames:
+            raise SystemExit(0)
+        from sensor_msgs.msg import CompressedImage, Image
+
+        rgb = self._frame()
+        stamp = self.get_clock().now().to_msg()
+        if self.compressed:
+            import cv2
+
+            msg = CompressedImage(format="jpeg")
+            msg.data = cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes()
+        else:
+            msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding=self.encoding)
+            msg.step = rgb.shape[1] * CHANNELS[self.encoding]
+            msg.data = encode(rgb, self.encoding)
+        msg.header.stamp = stamp
+        msg.header.frame_id = self.frame_id
+        self.pub.publish(msg)
+        self.index += 1
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ImagePlayer()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException, SystemExit):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
