@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from typing import Callable, List, Optional
 
 import pytest
+
+from dart_ros.ros.process import RosProcess
 
 
 def require_ros():
@@ -24,51 +23,11 @@ def require_ros():
         pytest.skip(f"ROS 2 environment not available ({e}); run ./tools/test.sh")
 
 
-class NodeProcess:
-    """A ROS node started as ``python -m module --ros-args …``; stopped with escalating signals."""
+class NodeProcess(RosProcess):
+    """A node process for tests (see :class:`dart_ros.ros.process.RosProcess`)."""
 
     def __init__(self, module: str, params: dict, remaps: Optional[dict] = None, name: str = "", log_path: str = ""):
-        args = [sys.executable, "-u", "-m", module, "--ros-args"]
-        for k, v in params.items():
-            args += ["-p", f"{k}:={_ros_literal(v)}"]
-        for a, b in (remaps or {}).items():
-            args += ["-r", f"{a}:={b}"]
-        if name:
-            args += ["-r", f"__node:={name}"]
-        self.log_path = log_path
-        self._log = open(log_path, "w") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        if not self.log_path:
-            return ""
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self) -> int:
-        """SIGINT, SIGINT, SIGTERM, SIGKILL: rclpy occasionally misses the first signal."""
-        for sig, wait in ((signal.SIGINT, 5), (signal.SIGINT, 5), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-            if self.proc.poll() is not None:
-                break
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
-        return self.proc.returncode
-
-
-def _ros_literal(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(str(x) for x in v) + "]"
-    return str(v)
+        super().__init__(module, params, remaps=remaps, name=name, log_path=log_path)
 
 
 class RosClient:

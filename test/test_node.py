@@ -306,3 +306,31 @@ def test_compressed_input_and_qos_mismatch_warning(rng, tmp_path):
     finally:
         client.close()
         node.stop()
+
+
+def test_node_starts_from_a_launch_preset_file(tmp_path):
+    """What detector.launch.py does, without launch: preset YAML + overrides + remap."""
+    require_ros()
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from vision_msgs.msg import LabelInfo
+
+    from dart_ros.ros.launch_logic import detector_launch
+    from dart_ros.ros.process import RosProcess
+
+    [spec] = detector_launch(backbone="tiny", image="/cam/rgb", classes="forklift, pallet", node_name="dart_l",
+                             device="cpu")
+    yaml_path, overrides = spec.parameters
+    node = RosProcess("dart_ros.ros.node", overrides, remaps=dict(spec.remappings), name=spec.name,
+                      log_path=str(tmp_path / "l.log"), params_file=yaml_path)
+    client = RosClient("dart_test_launch")
+    try:
+        got = Collector()
+        qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        client.node.create_subscription(LabelInfo, "/dart_l/label_info", got, qos)
+        client.spin_until(lambda: any(len(m.class_map) == 2 for m in got.msgs), 60, "label info:\n" + node.log())
+        assert [c.class_name for c in got.msgs[-1].class_map] == ["forklift", "pallet"]
+        assert got.msgs[-1].threshold == pytest.approx(0.3)  # from config/tiny.yaml
+        client.spin_until(lambda: client.node.get_subscriptions_info_by_topic("/cam/rgb"), 20, "remapped input")
+    finally:
+        client.close()
+        node.stop()

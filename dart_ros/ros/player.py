@@ -70,6 +70,8 @@ class ImagePlayer(Node):
         self.image_dir = p("image_dir", "").value
         self.compressed = p("compressed", False).value
         reliable = p("reliable", False).value
+        # Start publishing only once this many subscribers matched (no frame lost to discovery).
+        self.wait_subscribers = p("wait_for_subscribers", 0).value
         if self.encoding not in CHANNELS:
             raise ValueError(f"encoding must be one of {sorted(CHANNELS)}")
         self.files = sorted(f for f in glob.glob(os.path.join(self.image_dir, "*")) if f.lower().endswith(IMAGE_SUFFIXES)) if self.image_dir else []
@@ -96,6 +98,8 @@ class ImagePlayer(Node):
         return test_pattern(self.index, self.height, self.width)
 
     def _tick(self) -> None:
+        if self.index == 0 and self.pub.get_subscription_count() < self.wait_subscribers:
+            return
         if self.frames and self.index >= self.frames:
             raise SystemExit(0)
         from sensor_msgs.msg import CompressedImage, Image
