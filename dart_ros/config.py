@@ -9,6 +9,7 @@ from dart_ros.postprocess import NMS_MODES, PostprocessParams
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROMPT_MODES = ("official", "text_only")
+RUNTIMES = ("auto", "eager", "fast")
 
 
 @dataclasses.dataclass
@@ -29,6 +30,10 @@ class DetectorConfig:
         precision: ``fp32``, ``bf16`` or ``fp16`` (reduced precision only on CUDA, via autocast).
         allow_tf32: let fp32 matmuls use TF32 on Ampere+ (off: fp32 means fp32).
         max_classes_per_chunk: classes per encoder-decoder batch.
+        runtime: ``auto`` (``fast`` on CUDA, ``eager`` elsewhere), ``eager`` (sam3 modules as
+            they are) or ``fast`` (CUDA: reduced-precision backbone weights, real-valued RoPE, CUDA
+            graphs for the backbone and per class-count bucket for the encoder-decoder).
+        cuda_graphs: capture CUDA graphs in the fast runtime (off: same code, eager launches).
     Vocabulary
         classes: initial vocabulary.
         max_classes: largest vocabulary accepted.
@@ -56,6 +61,8 @@ class DetectorConfig:
     precision: str = "fp32"
     allow_tf32: bool = False
     max_classes_per_chunk: int = 16
+    runtime: str = "auto"
+    cuda_graphs: bool = True
 
     classes: List[str] = dataclasses.field(default_factory=list)
     max_classes: int = 1000
@@ -80,6 +87,8 @@ class DetectorConfig:
             raise ValueError(f"image_size must be a positive multiple of 14, got {self.image_size}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {self.prompt_mode!r}")
         if self.nms_mode not in NMS_MODES:

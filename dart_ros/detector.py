@@ -98,6 +98,12 @@ class Detector:
         self._vocab: Optional[Vocabulary] = None
         self._vocab_lock = threading.Lock()
         self._post = config.postprocess_params()
+        self._fast = self._resolve_runtime(config.runtime)
+        self._bb = None
+        self._ed = None
+        self._pipeline = None
+        if self._fast:
+            self._setup_fast_runtime()
         if config.classes:
             self.set_classes(config.classes)
 
@@ -130,6 +136,7 @@ class Detector:
             "precision": self.config.precision if self._autocast_dtype or self.config.precision == "fp32" else "fp32",
             "weights": "random" if self.random_weights else "checkpoint",
             "prompt_mode": self.config.prompt_mode,
+            "runtime": "fast" if self._fast else "eager",
         }
 
     # ------------------------------------------------------------------ configuration
@@ -141,6 +148,32 @@ class Detector:
             log.warning("precision %s requested on %s: running fp32 (reduced precision is CUDA-only)", precision, self.device)
             return None
         return torch.bfloat16 if precision == "bf16" else torch.float16
+
+    def _resolve_runtime(self, runtime: str) -> bool:
+        if runtime == "fast" and self.device.type != "cuda":
+            raise ValueError("runtime 'fast' needs a CUDA device")
+        return runtime == "fast" or (runtime == "auto" and self.device.type == "cuda")
+
+    def _setup_fast_runtime(self) -> None:
+        from dart_ros.runtime.backbone import BackboneGraphs, prepare_backbone
+
+        dtype = self._autocast_dtype or torch.float32
+        vision = prepare_backbone(self.model.vision, self._autocast_dtype)
+        self._bb = BackboneGraphs(vision, self.image_size, self.device, dtype, slots=2,
+                                  use_graphs=self.config.cuda_graphs)
+        self._build_encdec_runner()
+
+    def _build_encdec_runner(self) -> None:
+        from dart_ros.runtime.encdec import EncDecGraphs, GraphableEncDec
+
+        module = GraphableEncDec(self.model.sam3, self.model.feature_size)
+        if not self.config.cuda_graphs:
+            self._ed = None
+            self._ed_module = module
+            return
+        chunk = self.config.max_classes_per_chunk
+        buckets = [b for b in (1, 2, 4, 8, 16, 32, 64) if b < chunk] + [chunk]
+        self._ed = EncDecGraphs(module, buckets, self._autocast_dtype)
 
     def _autocast(self):
         if self._autocast_dtype is None:
@@ -159,8 +192,11 @@ class Detector:
             if k not in RUNTIME_FIELDS:
                 raise ValueError(f"{k!r} cannot change at run time; valid: {', '.join(RUNTIME_FIELDS)}")
         candidate = dataclasses.replace(self.config, **changes).validate()
+        rebuild = self._fast and candidate.max_classes_per_chunk != self.config.max_classes_per_chunk
         self.config = candidate
         self._post = candidate.postprocess_params()
+        if rebuild:
+            self._build_encdec_runner()
 
     @torch.inference_mode()
     def _position_encoding(self) -> torch.Tensor:
@@ -250,8 +286,16 @@ class Detector:
     @torch.inference_mode()
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, C, P, P) detection features (one backbone pass for the batch)."""
+        if self._fast:  # graphs are captured at batch 1
+            return torch.cat([self._bb.run(p[None], 0).clone() for p in pixels])
         with self._autocast():
             return self.model.forward_features(pixels)
+
+    def _backbone(self, pixels: torch.Tensor, slot: int) -> torch.Tensor:
+        """Features of one image into buffer ``slot`` (fast runtime: valid until the slot is reused)."""
+        if self._fast:
+            return self._bb.run(pixels, slot)
+        return self.features(pixels)
 
     def _prompt(self, vocab: Vocabulary, img_feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.config.prompt_mode == "text_only":
@@ -272,6 +316,12 @@ class Detector:
             img_feat = encdec.flatten_features(feat)
             img_pos = self._pos.to(img_feat.dtype)
             prompt, mask = self._prompt(vocab, img_feat)
+        if self._fast:
+            if self._ed is not None:
+                return self._ed(img_feat, img_pos, prompt, mask)
+            with self._autocast():
+                return encdec.EncDecOutput(*self._ed_module(img_feat, img_pos, prompt, mask))
+        with self._autocast():
             chunk = self.config.max_classes_per_chunk
             parts = [
                 encdec.encode_decode(self.model.sam3, img_feat, img_pos, (p, p), prompt[:, s:s + chunk], mask[s:s + chunk])
@@ -302,6 +352,31 @@ class Detector:
             torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ public inference
+
+    @torch.inference_mode()
+    def submit(self, image: Image, color: str = "rgb", meta=None) -> List[Detections]:
+        """Streaming API: hand in a frame, get back the results that are ready, in order.
+
+        On CUDA with the fast runtime, frame t's encoder-decoder runs while frame t+1's backbone
+        runs on a second stream, so a call returns the *previous* frame's result (one frame of
+        latency, about twice the throughput when the stages are balanced). Elsewhere the frame is
+        processed at once. ``meta`` (e.g. a ROS header) comes back on ``Detections.meta``.
+        Call :meth:`flush` when no frame follows.
+        """
+        if self._fast:
+            if self._pipeline is None:
+                from dart_ros.runtime.pipeline import StreamPipeline
+
+                self._pipeline = StreamPipeline(self)
+            return self._pipeline.submit(image, color, meta)
+        result = self.detect(image, color)
+        result.meta = meta
+        return [result]
+
+    @torch.inference_mode()
+    def flush(self) -> List[Detections]:
+        """Results of frames still in flight (none outside the CUDA pipeline)."""
+        return self._pipeline.flush() if self._pipeline is not None else []
 
     @torch.inference_mode()
     def detect(self, image: Image, color: str = "rgb") -> Detections:

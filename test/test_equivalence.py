@@ -50,8 +50,8 @@ def compare(det, image, names, mode, atol=2e-5):
     # The public API gives the same result as the raw path it is built on.
     det.update(confidence_threshold=params.confidence_threshold)
     public = det.detect(image)
-    np.testing.assert_array_equal(public.class_ids, want[2].numpy())
-    np.testing.assert_allclose(public.scores, want[1].numpy(), atol=atol)
+    np.testing.assert_array_equal(public.class_ids, want[2].cpu().numpy())
+    np.testing.assert_allclose(public.scores, want[1].cpu().numpy(), atol=atol)
     det.update(confidence_threshold=0.0)
 
 

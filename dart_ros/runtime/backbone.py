@@ -1,0 +1,79 @@
+"""Backbone runner for CUDA: reduced-precision weights, real-valued RoPE, CUDA-graph replay.
+
+The whole detection backbone (ViT trunk + the stride-14 neck branch, or a student + its adapter) is
+captured once per input buffer for the fixed input size S. Several buffers (two for the pipeline)
+share one memory pool and the weights; each has its own static input and output.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from dart_ros.model.rope_attention import use_real_rope
+
+
+def prepare_backbone(vision: nn.Module, dtype: Optional[torch.dtype]) -> nn.Module:
+    """In place: real-valued RoPE attention (ViT) and weights cast to ``dtype`` (if given)."""
+    trunk = getattr(vision, "trunk", None)
+    if trunk is not None:
+        use_real_rope(trunk)
+    if dtype is not None:
+        vision.to(dtype)
+    return vision
+
+
+class BackboneGraphs:
+    """``forward_detection`` captured in CUDA graphs, one per buffer slot.
+
+    ``run(pixels, slot)`` copies the (1, 3, S, S) input into the slot's static buffer, replays, and
+    returns the slot's static output (valid until that slot is run again).
+    """
+
+    def __init__(self, vision: nn.Module, image_size: int, device: torch.device, dtype: torch.dtype,
+                 slots: int = 2, use_graphs: bool = True):
+        self.vision = vision
+        self.dtype = dtype
+        self.use_graphs = use_graphs
+        self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
+        self.inputs: List[torch.Tensor] = []
+        self.outputs: List[Optional[torch.Tensor]] = []
+        self.graphs: List[Optional[torch.cuda.CUDAGraph]] = []
+        for _ in range(slots):
+            self.inputs.append(torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype))
+            self.outputs.append(None)
+            self.graphs.append(None)
+
+    def _capture(self, slot: int) -> None:
+        x = self.inputs[slot]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.vision.forward_detection(x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.outputs[slot] = self.vision.forward_detection(x)
+        self.graphs[slot] = graph
+
+    def run(self, pixels: torch.Tensor, slot: int = 0) -> torch.Tensor:
+        self.inputs[slot].copy_(pixels)
+        if not self.use_graphs:
+            return self.vision.forward_detection(self.inputs[slot])
+        if self.graphs[slot] is None:
+            self._capture(slot)
+        self.graphs[slot].replay()
+        return self.outputs[slot]
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two feature tensors, flattened, in fp32."""
+    a, b = a.float().flatten(), b.float().flatten()
+    return float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12))
+
+
+def feature_cosine_per_image(a: torch.Tensor, b: torch.Tensor) -> Tuple[float, ...]:
+    return tuple(cosine(x, y) for x, y in zip(a, b))

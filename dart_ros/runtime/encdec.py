@@ -1,0 +1,148 @@
+"""The encoder-decoder pass rebuilt for CUDA-graph capture and bucketed graphs.
+
+:class:`GraphableEncDec` computes exactly what :func:`dart_ros.model.encdec.encode_decode` does
+(same sam3 layers, same order), but loops over the encoder and decoder layers itself so that no
+per-call constant is built on the host: sam3's encoder builds ``spatial_shapes`` with
+``torch.tensor`` from a Python list (a host-to-device copy) and its decoder indexes that tensor to
+size the boxRPB bias (a device-to-host sync). Neither can be captured in a CUDA graph.
+
+:class:`EncDecGraphs` captures it once per class-count bucket (1, 2, 4, 8, 16) and prompt length,
+with static input and output buffers; a vocabulary of N classes runs as ⌈N/16⌉ replays with the last
+chunk padded up to its bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from dart_ros.model.encdec import EncDecOutput
+
+
+class GraphableEncDec(nn.Module):
+    """N prompts over one image's features, graph-capturable. Holds no parameters of its own."""
+
+    def __init__(self, sam3: nn.Module, feature_size: int):
+        super().__init__()
+        self.sam3 = sam3
+        self.p = feature_size
+
+    def forward(
+        self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: img_feat, img_pos (P², 1, C) seq-first; prompt (T, N, C); prompt_mask (N, T) bool.
+        Returns: logits (N, Q), boxes (N, Q, 4) cxcywh, presence logits (N,)."""
+        from sam3.model.model_misc import gen_sineembed_for_position, inverse_sigmoid
+
+        n = prompt.shape[1]
+        encoder = self.sam3.transformer.encoder
+        decoder = self.sam3.transformer.decoder
+        # Encoder: batch-first inside, as TransformerEncoder._prepare_multilevel_features leaves it.
+        pos_bf = img_pos.transpose(0, 1).expand(n, -1, -1)
+        out = img_feat.transpose(0, 1).expand(n, -1, -1)
+        prompt_bf = prompt.transpose(0, 1)
+        for layer in encoder.layers:
+            out = layer(tgt=out, memory=prompt_bf, memory_key_padding_mask=prompt_mask,
+                        query_pos=pos_bf, tgt_key_padding_mask=None)
+        memory = out.transpose(0, 1)
+        pos = pos_bf.transpose(0, 1)
+
+        # Decoder: TransformerDecoder.forward with apply_dac=False and one feature level.
+        output = decoder.query_embed.weight.unsqueeze(1).repeat(1, n, 1)
+        ref = decoder.reference_points.weight.unsqueeze(1).repeat(1, n, 1).sigmoid()
+        presence = decoder.presence_token.weight[None].expand(1, n, -1)
+        normed = output
+        for layer in decoder.layers:
+            sine = gen_sineembed_for_position(ref, decoder.d_model)
+            query_pos = decoder.ref_point_head(sine)
+            bias = decoder._get_rpb_matrix(ref, (self.p, self.p)).flatten(0, 1)
+            output, presence = layer(
+                tgt=output, tgt_query_pos=query_pos, tgt_query_sine_embed=sine, tgt_key_padding_mask=None,
+                tgt_reference_points=ref[:, :, None], memory_text=prompt, text_attention_mask=prompt_mask,
+                memory=memory, memory_key_padding_mask=None, memory_level_start_index=None,
+                memory_spatial_shapes=None, memory_pos=pos, self_attn_mask=None, cross_attn_mask=bias,
+                dac=False, dac_use_selfatt_ln=decoder.dac_use_selfatt_ln, presence_token=presence,
+            )
+            normed = decoder.norm(output)
+            # Box refinement; after the last layer this is the final box (sam3 recomputes it the same way).
+            ref = (inverse_sigmoid(ref) + decoder.bbox_embed(normed)).sigmoid()
+        presence_logits = decoder.presence_token_head(decoder.presence_token_out_norm(presence)).squeeze(-1)
+        hs = normed.transpose(0, 1)[None]  # (1, N, Q, C)
+        logits = self.sam3.dot_prod_scoring(hs, prompt, prompt_mask)[0, :, :, 0]
+        return logits, ref.transpose(0, 1), presence_logits[0]
+
+
+class EncDecGraphs:
+    """Bucketed CUDA graphs of :class:`GraphableEncDec` with static buffers.
+
+    Replays run on the current stream and never synchronise the host. The returned tensors are
+    fresh (cloned on the stream), so callers may keep them across replays.
+    """
+
+    def __init__(self, module: GraphableEncDec, buckets: Sequence[int] = (1, 2, 4, 8, 16),
+                 autocast_dtype: Optional[torch.dtype] = None):
+        self.module = module
+        self.buckets = tuple(sorted(set(int(b) for b in buckets)))
+        self.autocast_dtype = autocast_dtype
+        self.pool = torch.cuda.graph_pool_handle()
+        self._graphs: Dict[Tuple[int, int], tuple] = {}
+        self._img: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    @property
+    def max_bucket(self) -> int:
+        return self.buckets[-1]
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        # No weight-cast cache: cached casts would live outside the graph's memory pool.
+        return torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
+
+    def _static_image(self, img_feat, img_pos):
+        if self._img is None or self._img[0].shape != img_feat.shape or self._img[0].dtype != img_feat.dtype:
+            if self._graphs:
+                raise RuntimeError("image feature shape/dtype changed after graph capture")
+            self._img = (torch.empty_like(img_feat), torch.empty_like(img_pos))
+        return self._img
+
+    def _capture(self, bucket: int, prompt_len: int, prompt: torch.Tensor, mask: torch.Tensor):
+        feat, pos = self._img
+        static_prompt = prompt[:, :1].repeat(1, bucket, 1).contiguous()
+        static_mask = mask[:1].repeat(bucket, 1).contiguous()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), self._autocast():
+            for _ in range(2):  # warm-up: lazily built caches, cuBLAS handles, autotuning
+                self.module(feat, pos, static_prompt, static_mask)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool), self._autocast():
+            outputs = self.module(feat, pos, static_prompt, static_mask)
+        entry = (graph, static_prompt, static_mask, outputs)
+        self._graphs[(bucket, prompt_len)] = entry
+        return entry
+
+    def __call__(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt: torch.Tensor,
+                 prompt_mask: torch.Tensor) -> EncDecOutput:
+        feat, pos = self._static_image(img_feat, img_pos)
+        feat.copy_(img_feat)
+        pos.copy_(img_pos)
+        n, t = prompt.shape[1], prompt.shape[0]
+        parts = []
+        for start in range(0, n, self.max_bucket):
+            chunk = min(self.max_bucket, n - start)
+            bucket = next(b for b in self.buckets if b >= chunk)
+            entry = self._graphs.get((bucket, t)) or self._capture(bucket, t, prompt, prompt_mask)
+            graph, static_prompt, static_mask, outputs = entry
+            static_prompt[:, :chunk].copy_(prompt[:, start:start + chunk])
+            static_mask[:chunk].copy_(prompt_mask[start:start + chunk])
+            if chunk < bucket:  # pad with a valid prompt (fully masked rows would be NaN); discarded
+                static_prompt[:, chunk:].copy_(prompt[:, start:start + 1].expand(-1, bucket - chunk, -1))
+                static_mask[chunk:].copy_(prompt_mask[start:start + 1].expand(bucket - chunk, -1))
+            graph.replay()
+            logits, boxes, presence = outputs
+            parts.append(EncDecOutput(logits[:chunk].clone(), boxes[:chunk].clone(), presence[:chunk].clone()))
+        return EncDecOutput.cat(parts)

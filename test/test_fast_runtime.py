@@ -1,0 +1,141 @@
+"""The fast runtime: graph-capturable rebuilds equal sam3's eager computation (CPU), and on a GPU
+the CUDA graphs, reduced precision and two-stream pipeline pass their gates."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_detector, random_image
+from dart_ros.coco import COCO_CLASSES
+from dart_ros.model import encdec
+from dart_ros.model.registry import build_model
+from dart_ros.model.rope_attention import use_real_rope
+from dart_ros.runtime.backbone import cosine
+from dart_ros.runtime.encdec import GraphableEncDec
+
+
+@pytest.mark.parametrize("mode", ["official", "text_only"])
+@pytest.mark.parametrize("n", [1, 3, 17])
+def test_graphable_encdec_equals_eager(tiny_detector, rng, mode, n):
+    det = tiny_detector
+    det.update(prompt_mode=mode)
+    det.set_classes(list(COCO_CLASSES[20:20 + n]))
+    feat = det.features(det.preprocess(random_image(rng))[0])
+    want = det.encode_decode(feat)
+    with torch.inference_mode():
+        img_feat = encdec.flatten_features(feat)
+        prompt, mask = det._prompt(det.vocabulary, img_feat)
+        logits, boxes, presence = GraphableEncDec(det.model.sam3, det.model.feature_size)(img_feat, det._pos, prompt, mask)
+    det.update(prompt_mode="official")
+    torch.testing.assert_close(logits, want.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(boxes, want.boxes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(presence, want.presence_logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "tiny_pruned"])
+def test_real_rope_equals_complex_rope(backbone):
+    m = build_model(backbone)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        want = m.forward_features(x)
+        assert use_real_rope(m.vision.trunk) == len(m.arch.global_blocks) + sum(
+            1 for i in range(m.arch.depth) if i not in m.arch.global_blocks and i not in m.preset.skip_blocks)
+        got = m.forward_features(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert not any("rope" in k or "freqs_cis" in k for k in m.state_dict())  # nothing derived is saved
+
+
+def test_submit_on_cpu_returns_each_frame_with_its_metadata(rng):
+    det = make_detector(confidence_threshold=0.0)
+    det.set_classes(["person"])
+    frames = [random_image(rng, 100 + 10 * i, 120) for i in range(3)]
+    got = []
+    for i, f in enumerate(frames):
+        got += det.submit(f, meta={"seq": i})
+    got += det.flush()
+    assert [g.meta["seq"] for g in got] == [0, 1, 2]
+    for f, g in zip(frames, got):
+        np.testing.assert_allclose(g.scores, det.detect(f).scores, atol=1e-6)
+        assert g.image_size == f.shape[:2]
+
+
+def test_fast_runtime_requires_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_detector(runtime="fast")
+
+
+# ----------------------------------------------------------------------------------------- GPU
+
+
+def match_detections(a, b, iou_min=0.99):
+    """Greedy same-class matching by IoU; returns matched (i, j, iou) pairs."""
+    from torchvision.ops import box_iou
+
+    if not len(a) or not len(b):
+        return []
+    iou = box_iou(torch.as_tensor(a.boxes), torch.as_tensor(b.boxes)).numpy()
+    iou[a.class_ids[:, None] != b.class_ids[None, :]] = 0
+    pairs, used = [], set()
+    for i in np.argsort(-a.scores):
+        j = int(np.argmax(np.where([k in used for k in range(len(b))], -1, iou[i])))
+        if iou[i, j] >= iou_min:
+            used.add(j)
+            pairs.append((i, j, iou[i, j]))
+    return pairs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backbone", ["vit_h", "repvit_m2_3"])
+def test_fast_path_precision_gates(backbone, rng):
+    """bf16 fast path vs fp32 eager reference on the same random weights and images."""
+    ref = make_detector(backbone, device="cuda", runtime="eager", precision="fp32", confidence_threshold=0.3)
+    fast = make_detector(backbone, device="cuda", runtime="fast", precision="bf16", confidence_threshold=0.3)
+    names = list(COCO_CLASSES[:4])
+    ref.set_classes(names)
+    fast.set_classes(names)
+    for _ in range(3):
+        img = random_image(rng, 720, 1280)
+        px = ref.preprocess(img)[0]
+        f_ref, f_fast = ref.features(px), fast.features(px)
+        assert cosine(f_ref, f_fast) >= 0.999
+        a, b = ref.detect(img), fast.detect(img)
+        pairs = match_detections(a, b)
+        assert len(pairs) >= 0.9 * max(len(a), len(b)), (len(a), len(b), len(pairs))
+        for i, j, _ in pairs:
+            assert abs(a.scores[i] - b.scores[j]) <= 0.02
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_equal_eager_launches(rng):
+    """Same fast-runtime code with and without graphs, fp32: graphs change nothing numerically."""
+    a = make_detector("vit_h", device="cuda", runtime="fast", precision="fp32", cuda_graphs=False, confidence_threshold=0.0)
+    b = make_detector("vit_h", device="cuda", runtime="fast", precision="fp32", cuda_graphs=True, confidence_threshold=0.0)
+    for n in (1, 3, 17):
+        names = list(COCO_CLASSES[:n])
+        a.set_classes(names)
+        b.set_classes(names)
+        px = a.preprocess(random_image(rng, 480, 640))[0]
+        fa, fb = a.features(px), b.features(px)
+        torch.testing.assert_close(fb, fa, atol=1e-4, rtol=1e-4)
+        ra, rb = a.encode_decode(fa), b.encode_decode(fa)
+        torch.testing.assert_close(rb.logits, ra.logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(rb.boxes, ra.boxes, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+def test_pipeline_returns_the_sequential_results_in_order(rng):
+    det = make_detector("vit_h", device="cuda", precision="bf16", confidence_threshold=0.2)
+    det.set_classes(list(COCO_CLASSES[:4]))
+    frames = [random_image(rng, 480 + 16 * i, 640) for i in range(6)]
+    want = [det.detect(f) for f in frames]
+    got = []
+    for i, f in enumerate(frames):
+        got += det.submit(f, meta=("stamp", i))
+    got += det.flush()
+    assert [g.meta for g in got] == [("stamp", i) for i in range(6)]
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g.class_ids, w.class_ids)
+        np.testing.assert_allclose(g.scores, w.scores, atol=1e-3)
+        np.testing.assert_allclose(g.boxes, w.boxes, atol=0.5)
