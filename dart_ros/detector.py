@@ -88,6 +88,7 @@ class Detector:
                 mask_blocks=config.mask_blocks or None,
                 load_text_encoder=config.load_text_encoder,
                 seed=config.seed,
+                device=str(self.device),  # random init of ViT-H: ~15 s on a CPU, < 1 s on a GPU
             )
         self.model = model.to(self.device).eval()
         self.random_weights = not config.sam3_checkpoint
@@ -272,6 +273,9 @@ class Detector:
         entries = self.text_cache.get(cleaned)
         text = torch.stack([e[0] for e in entries], dim=1).to(self.device)
         mask = torch.stack([e[1] for e in entries], dim=0).to(self.device)
+        if self.device.type == "cuda":
+            # The pipeline reads the vocabulary from other streams: the copies must be complete.
+            torch.cuda.current_stream(self.device).synchronize()
         with self._vocab_lock:
             version = self.vocabulary_version + 1
             self._vocab = Vocabulary(tuple(cleaned), version, text, mask)
