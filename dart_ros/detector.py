@@ -73,10 +73,6 @@ class Detector:
     def __init__(self, config: DetectorConfig, model: Optional[DartModel] = None):
         self.config = config.validate()
         self.device = resolve_device(config.device)
-        # sam3 switches TF32 on when imported; fp32 here means what the config says.
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
-            torch.backends.cudnn.allow_tf32 = config.allow_tf32
         if model is None:
             model = build_model(
                 backbone=config.backbone,
@@ -91,6 +87,11 @@ class Detector:
                 device=str(self.device),  # random init of ViT-H: ~15 s on a CPU, < 1 s on a GPU
             )
         self.model = model.to(self.device).eval()
+        # sam3 switches TF32 on when first imported (during the build above); fp32 here means what
+        # the config says.
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
+            torch.backends.cudnn.allow_tf32 = config.allow_tf32
         self.random_weights = not config.sam3_checkpoint
         self._autocast_dtype = self._resolve_precision(config.precision)
         self.text_cache = TextCache(model.text_identity, config.text_cache)
@@ -165,8 +166,10 @@ class Detector:
         self._build_encdec_runner()
 
     def _build_encdec_runner(self) -> None:
-        from dart_ros.runtime.encdec import EncDecGraphs, GraphableEncDec
+        from dart_ros.runtime.encdec import EncDecGraphs, GraphableEncDec, skip_attention_weights
 
+        skip_attention_weights(self.model.sam3.transformer)
+        skip_attention_weights(self.model.sam3.geometry_encoder)
         module = GraphableEncDec(self.model.sam3, self.model.feature_size)
         if not self.config.cuda_graphs:
             self._ed = None
@@ -316,16 +319,18 @@ class Detector:
         """(1, C, P, P) features of one image -> raw outputs for every class of ``vocab``."""
         vocab = vocab or self._require_vocab()
         p = self.model.feature_size
+        if self._fast:
+            img_feat = encdec.flatten_features(feat)
+            img_pos = self._pos.to(img_feat.dtype)
+            official = self.config.prompt_mode == "official"
+            if self._ed is not None:
+                return self._ed(img_feat, img_pos, vocab.text, vocab.mask, official)
+            with self._autocast():
+                return encdec.EncDecOutput(*self._ed_module(img_feat, img_pos, vocab.text, vocab.mask, official))
         with self._autocast():
             img_feat = encdec.flatten_features(feat)
             img_pos = self._pos.to(img_feat.dtype)
             prompt, mask = self._prompt(vocab, img_feat)
-        if self._fast:
-            if self._ed is not None:
-                return self._ed(img_feat, img_pos, prompt, mask)
-            with self._autocast():
-                return encdec.EncDecOutput(*self._ed_module(img_feat, img_pos, prompt, mask))
-        with self._autocast():
             chunk = self.config.max_classes_per_chunk
             parts = [
                 encdec.encode_decode(self.model.sam3, img_feat, img_pos, (p, p), prompt[:, s:s + chunk], mask[s:s + chunk])

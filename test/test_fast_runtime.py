@@ -24,12 +24,25 @@ def test_graphable_encdec_equals_eager(tiny_detector, rng, mode, n):
     want = det.encode_decode(feat)
     with torch.inference_mode():
         img_feat = encdec.flatten_features(feat)
-        prompt, mask = det._prompt(det.vocabulary, img_feat)
-        logits, boxes, presence = GraphableEncDec(det.model.sam3, det.model.feature_size)(img_feat, det._pos, prompt, mask)
+        v = det.vocabulary
+        module = GraphableEncDec(det.model.sam3, det.model.feature_size)
+        logits, boxes, presence = module(img_feat, det._pos, v.text, v.mask, geometry_token=mode == "official")
     det.update(prompt_mode="official")
     torch.testing.assert_close(logits, want.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(boxes, want.boxes, atol=1e-5, rtol=0)
     torch.testing.assert_close(presence, want.presence_logits, atol=1e-5, rtol=0)
+
+
+def test_skipping_attention_weights_changes_nothing(rng):
+    from dart_ros.runtime.encdec import skip_attention_weights
+
+    det = make_detector(confidence_threshold=0.0)
+    det.set_classes(["person", "car"])
+    feat = det.features(det.preprocess(random_image(rng))[0])
+    want = det.encode_decode(feat)
+    assert skip_attention_weights(det.model.sam3.transformer) == 2 * det.model.arch.decoder_layers
+    got = det.encode_decode(feat)
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("backbone", ["tiny", "tiny_pruned"])

@@ -20,6 +20,29 @@ import torch
 from torch import nn
 
 from dart_ros.model.encdec import EncDecOutput
+from dart_ros.model.encdec import geometry_token as encdec_geometry_token
+
+
+class _NoWeightsMHA(nn.MultiheadAttention):
+    """nn.MultiheadAttention that never returns attention weights.
+
+    sam3's decoder calls plain ``nn.MultiheadAttention`` with the default ``need_weights=True``,
+    which forces the unfused math path and averages weights nobody reads. The outputs are the same.
+    """
+
+    def forward(self, *args, **kwargs):
+        kwargs["need_weights"] = False
+        return super().forward(*args, **kwargs)
+
+
+def skip_attention_weights(module: nn.Module) -> int:
+    """Per instance: make every plain ``nn.MultiheadAttention`` under ``module`` skip its weights."""
+    count = 0
+    for m in module.modules():
+        if type(m) is nn.MultiheadAttention:
+            m.__class__ = _NoWeightsMHA  # same parameters and state; only forward's default changes
+            count += 1
+    return count
 
 
 class GraphableEncDec(nn.Module):
@@ -31,13 +54,21 @@ class GraphableEncDec(nn.Module):
         self.p = feature_size
 
     def forward(
-        self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt: torch.Tensor, prompt_mask: torch.Tensor
+        self, img_feat: torch.Tensor, img_pos: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+        geometry_token: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Args: img_feat, img_pos (P², 1, C) seq-first; prompt (T, N, C); prompt_mask (N, T) bool.
+        """Args: img_feat, img_pos (P², 1, C) seq-first; text (T, N, C); text_mask (N, T) bool
+        (True = padding); geometry_token: append the image-conditioned geometry CLS token, computed
+        once and shared by the N prompts (official prompt mode).
         Returns: logits (N, Q), boxes (N, Q, 4) cxcywh, presence logits (N,)."""
         from sam3.model.model_misc import gen_sineembed_for_position, inverse_sigmoid
 
-        n = prompt.shape[1]
+        n = text.shape[1]
+        prompt, prompt_mask = text, text_mask
+        if geometry_token:
+            geo, geo_mask = encdec_geometry_token(self.sam3, img_feat, img_pos.to(img_feat.dtype), (self.p, self.p))
+            prompt = torch.cat([text.to(geo.dtype), geo.expand(-1, n, -1)], dim=0)
+            prompt_mask = torch.cat([text_mask, geo_mask.expand(n, -1)], dim=1)
         encoder = self.sam3.transformer.encoder
         decoder = self.sam3.transformer.decoder
         # Encoder: batch-first inside, as TransformerEncoder._prepare_multilevel_features leaves it.
@@ -108,7 +139,7 @@ class EncDecGraphs:
             self._img = (torch.empty_like(img_feat), torch.empty_like(img_pos))
         return self._img
 
-    def _capture(self, bucket: int, prompt_len: int, prompt: torch.Tensor, mask: torch.Tensor):
+    def _capture(self, key, bucket: int, prompt: torch.Tensor, mask: torch.Tensor, geometry: bool):
         feat, pos = self._img
         static_prompt = prompt[:, :1].repeat(1, bucket, 1).contiguous()
         static_mask = mask[:1].repeat(bucket, 1).contiguous()
@@ -116,17 +147,18 @@ class EncDecGraphs:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), self._autocast():
             for _ in range(2):  # warm-up: lazily built caches, cuBLAS handles, autotuning
-                self.module(feat, pos, static_prompt, static_mask)
+                self.module(feat, pos, static_prompt, static_mask, geometry)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool), self._autocast():
-            outputs = self.module(feat, pos, static_prompt, static_mask)
+            outputs = self.module(feat, pos, static_prompt, static_mask, geometry)
         entry = (graph, static_prompt, static_mask, outputs)
-        self._graphs[(bucket, prompt_len)] = entry
+        self._graphs[key] = entry
         return entry
 
     def __call__(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt: torch.Tensor,
-                 prompt_mask: torch.Tensor) -> EncDecOutput:
+                 prompt_mask: torch.Tensor, geometry_token: bool = False) -> EncDecOutput:
+        """``prompt``/``prompt_mask`` are the vocabulary's text tokens (T, N, C) / (N, T)."""
         feat, pos = self._static_image(img_feat, img_pos)
         feat.copy_(img_feat)
         pos.copy_(img_pos)
@@ -135,7 +167,8 @@ class EncDecGraphs:
         for start in range(0, n, self.max_bucket):
             chunk = min(self.max_bucket, n - start)
             bucket = next(b for b in self.buckets if b >= chunk)
-            entry = self._graphs.get((bucket, t)) or self._capture(bucket, t, prompt, prompt_mask)
+            key = (bucket, t, geometry_token)
+            entry = self._graphs.get(key) or self._capture(key, bucket, prompt, prompt_mask, geometry_token)
             graph, static_prompt, static_mask, outputs = entry
             static_prompt[:, :chunk].copy_(prompt[:, start:start + chunk])
             static_mask[:chunk].copy_(prompt_mask[start:start + chunk])
