@@ -38,6 +38,10 @@ class BackboneGraphs:
         self.dtype = dtype
         self.use_graphs = use_graphs
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
+        # A capture stream of its own: cuBLAS workspaces are per stream and get baked into the graph.
+        # Sharing torch's default capture stream with the enc-dec graphs would let the two graphs,
+        # replayed concurrently by the pipeline, use one workspace (stream-K GEMMs then deadlock).
+        self.capture_stream = torch.cuda.Stream(device=device) if use_graphs else None
         self.inputs: List[torch.Tensor] = []
         self.outputs: List[Optional[torch.Tensor]] = []
         self.graphs: List[Optional[torch.cuda.CUDAGraph]] = []
@@ -48,14 +52,14 @@ class BackboneGraphs:
 
     def _capture(self, slot: int) -> None:
         x = self.inputs[slot]
-        side = torch.cuda.Stream()
+        side = self.capture_stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
                 self.vision.forward_detection(x)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, stream=side):
             self.outputs[slot] = self.vision.forward_detection(x)
         self.graphs[slot] = graph
 

@@ -119,6 +119,8 @@ class EncDecGraphs:
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.autocast_dtype = autocast_dtype
         self.pool = torch.cuda.graph_pool_handle()
+        # Own capture stream, hence own cuBLAS workspace (see BackboneGraphs.capture_stream).
+        self.capture_stream = torch.cuda.Stream()
         self._graphs: Dict[Tuple[int, int], tuple] = {}
         self._img: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
@@ -143,14 +145,14 @@ class EncDecGraphs:
         feat, pos = self._img
         static_prompt = prompt[:, :1].repeat(1, bucket, 1).contiguous()
         static_mask = mask[:1].repeat(bucket, 1).contiguous()
-        side = torch.cuda.Stream()
+        side = self.capture_stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), self._autocast():
             for _ in range(2):  # warm-up: lazily built caches, cuBLAS handles, autotuning
                 self.module(feat, pos, static_prompt, static_mask, geometry)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), self._autocast():
+        with torch.cuda.graph(graph, pool=self.pool, stream=side), self._autocast():
             outputs = self.module(feat, pos, static_prompt, static_mask, geometry)
         entry = (graph, static_prompt, static_mask, outputs)
         self._graphs[key] = entry
