@@ -26,7 +26,7 @@ def prepare_backbone(vision: nn.Module, dtype: Optional[torch.dtype]) -> nn.Modu
 
 
 class BackboneGraphs:
-    """``forward_detection`` captured in CUDA graphs, one per buffer slot.
+    """``forward_detection`` captured in CUDA graphs, one per buffer slot (own input, output and pool).
 
     ``run(pixels, slot)`` copies the (1, 3, S, S) input into the slot's static buffer, replays, and
     returns the slot's static output (valid until that slot is run again).
@@ -37,7 +37,9 @@ class BackboneGraphs:
         self.vision = vision
         self.dtype = dtype
         self.use_graphs = use_graphs
-        self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
+        # One memory pool per slot: graphs sharing a pool may place one graph's output in memory the
+        # other uses for intermediates, and the pipeline reads slot t's output while slot t+1 runs.
+        self.pools = [torch.cuda.graph_pool_handle() if use_graphs else None for _ in range(slots)]
         # A capture stream of its own: cuBLAS workspaces are per stream and get baked into the graph.
         # Sharing torch's default capture stream with the enc-dec graphs would let the two graphs,
         # replayed concurrently by the pipeline, use one workspace (stream-K GEMMs then deadlock).
@@ -59,7 +61,7 @@ class BackboneGraphs:
                 self.vision.forward_detection(x)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=side):
+        with torch.cuda.graph(graph, pool=self.pools[slot], stream=side):
             self.outputs[slot] = self.vision.forward_detection(x)
         self.graphs[slot] = graph
 
