@@ -1,4 +1,7 @@
-"""dart_ros: real-time open-vocabulary multi-class detection with SAM3 and the DART method."""
+"""dart_ros: real-time open-vocabulary multi-class detection with SAM3 and the DART method.
+
+    from dart_ros import Detector, DetectorConfig
+"""
 
 import warnings
 
@@ -7,3 +10,22 @@ warnings.filterwarnings("ignore", message="CUDA is not available or torch_xla is
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
 __version__ = "0.1.0"
+
+__all__ = ["Detector", "DetectorConfig", "Detections"]
+
+
+def __getattr__(name):
+    # Lazy: `import dart_ros` stays cheap (the node imports torch only when it builds the model).
+    if name == "Detector":
+        from dart_ros.detector import Detector
+
+        return Detector
+    if name == "DetectorConfig":
+        from dart_ros.config import DetectorConfig
+
+        return DetectorConfig
+    if name == "Detections":
+        from dart_ros.types import Detections
+
+        return Detections
+    raise AttributeError(name)

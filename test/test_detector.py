@@ -197,3 +197,21 @@ def test_reduced_precision_falls_back_to_fp32_on_cpu(rng, caplog):
     assert "fp32" in caplog.text
     det.set_classes(["person"])
     assert det.detect(random_image(rng)).scores.dtype == np.float32
+
+
+def test_cli_detects_and_writes_json(tmp_path, rng):
+    import json
+
+    import cv2
+
+    from dart_ros.cli import detect_main
+
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), random_image(rng, 90, 130))
+    out_json = tmp_path / "d.json"
+    assert detect_main([str(img), "--classes", "person, dog", "--backbone", "tiny", "--device", "cpu",
+                        "--threshold", "0.0", "--json", str(out_json), "--out", str(tmp_path / "ann.png")]) == 0
+    [entry] = json.loads(out_json.read_text())
+    assert entry["detections"] and {d["class"] for d in entry["detections"]} <= {"person", "dog"}
+    assert cv2.imread(str(tmp_path / "ann.png")).shape == (90, 130, 3)
+    assert detect_main([str(tmp_path / "missing.png"), "--classes", "x", "--backbone", "tiny", "--device", "cpu"]) == 2
