@@ -255,7 +255,8 @@ def test_diagnostics_report_rates_and_latencies(ros, rng):
 
 def test_compressed_input_and_qos_mismatch_warning(rng, tmp_path):
     """A second node on image/compressed with a reliable subscription: a best-effort publisher
-    never reaches it (the classic silent failure), and the node says so; a reliable one works."""
+    never reaches it (the classic silent failure), and the node says so; a reliable one works.
+    This node also runs with pipelining on (the streaming API; sequential on a CPU)."""
     require_ros()
     import cv2
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -265,7 +266,8 @@ def test_compressed_input_and_qos_mismatch_warning(rng, tmp_path):
     node = NodeProcess(
         "dart_ros.ros.node", name="dart_c", log_path=str(tmp_path / "c.log"),
         params=dict(backbone="tiny", device="cpu", classes=["person"], confidence_threshold=0.0,
-                    input_transport="compressed", qos_reliability="reliable", no_input_warn_s=1.0),
+                    input_transport="compressed", qos_reliability="reliable", no_input_warn_s=1.0,
+                    pipelining=True),
         remaps={"image/compressed": "/cam/image/compressed"},
     )
     client = RosClient("dart_test_compressed")

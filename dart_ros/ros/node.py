@@ -127,15 +127,32 @@ class DetectorNode(Node):
         while True:
             with self._cond:
                 while self._slot is None and not self._stop:
+                    if self.cfg.pipelining:
+                        break
                     self._cond.wait()
                 if self._stop:
                     return
-                msg, t_recv = self._slot
-                self._slot = None
+                item, self._slot = self._slot, None
+            if item is None:
+                # Pipelining and no newer frame waiting: finish the frame in flight now rather than
+                # holding it back until the next one arrives.
+                for dets in self._safe(self.detector.flush):
+                    self._publish(dets)
+                with self._cond:
+                    if self._slot is None and not self._stop:
+                        self._cond.wait()
+                continue
             if not self.cfg.enabled:
                 self.stats.on_dropped()
                 continue
-            self._process(msg, t_recv)
+            self._process(*item)
+
+    def _safe(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as e:
+            self._problem("error", f"inference failed: {e}", key=f"runtime:{type(e).__name__}:{str(e)[:60]}")
+            return []
 
     def _process(self, msg, t_recv: float) -> None:
         from dart_ros.preprocess import ImageFormatError
@@ -145,7 +162,13 @@ class DetectorNode(Node):
                 arr, layout = conversions.compressed_to_array(msg)
             else:
                 arr, layout = conversions.image_to_array(msg)
-            dets = self.detector.detect(arr, color=layout)
+            meta = (msg.header, t_recv, arr, layout)
+            if self.cfg.pipelining:
+                results = self.detector.submit(arr, color=layout, meta=meta)
+            else:
+                dets = self.detector.detect(arr, color=layout)
+                dets.meta = meta
+                results = [dets]
         except conversions.BadImageError as e:
             self._problem("warn", f"bad input on {self.sub.topic_name}: {e}", key=e.key, bad_input=True)
             return
@@ -155,9 +178,14 @@ class DetectorNode(Node):
         except RuntimeError as e:
             self._problem("error", f"inference failed: {e}", key=f"runtime:{type(e).__name__}:{str(e)[:60]}")
             return
-        self.pub_detections.publish(conversions.detections_to_msg(dets, msg.header))
+        for dets in results:
+            self._publish(dets)
+
+    def _publish(self, dets) -> None:
+        header, t_recv, arr, layout = dets.meta
+        self.pub_detections.publish(conversions.detections_to_msg(dets, header))
         self.stats.on_processed(dets.timings_ms, (time.monotonic() - t_recv) * 1e3)
-        self._maybe_annotate(arr, layout, dets, msg.header)
+        self._maybe_annotate(arr, layout, dets, header)
 
     def _maybe_annotate(self, arr, layout, dets, header) -> None:
         if self.pub_annotated.get_subscription_count() == 0:
