@@ -10,6 +10,7 @@ aspect ratio and pads bottom/right with zeros in the normalised space (mid-grey)
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Tuple, Union
 
 import numpy as np
@@ -52,7 +53,10 @@ def as_hwc_tensor(image: Union[np.ndarray, torch.Tensor], color: str) -> torch.T
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ImageFormatError(f"image dtype {image.dtype}, expected uint8")
-        t = torch.from_numpy(np.ascontiguousarray(image))
+        with warnings.catch_warnings():
+            # Frames from ROS messages are read-only views; the tensor is only ever read.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(np.ascontiguousarray(image))
     elif isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8:
             raise ImageFormatError(f"image dtype {image.dtype}, expected torch.uint8")

@@ -195,6 +195,53 @@ def build_model(
     return DartModel(sam3.eval(), preset, arch, size, text_id, "|".join(parts), load_text_encoder)
 
 
+def build_vision_backbone(
+    backbone: str,
+    image_size: Optional[int] = None,
+    sam3_checkpoint: Optional[str] = None,
+    backbone_checkpoint: Optional[str] = None,
+    timm_weights: Optional[str] = None,
+    skip_blocks: Optional[Sequence[int]] = None,
+    mask_blocks: Optional[str] = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Tuple[nn.Module, str]:
+    """Only the vision backbone of a preset (for distillation and pruning), and its identity.
+
+    ViT presets take their weights from a pruned checkpoint, else from the vision keys of
+    ``sam3.pt``; students from a student checkpoint (their timm part from ``timm_weights``).
+    """
+    preset = get_preset(backbone)
+    arch = get_arch(preset.arch)
+    size = image_size or arch.default_image_size
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), dev:
+        torch.manual_seed(seed)
+        if preset.kind == "student":
+            vision = StudentBackbone(STUDENTS[preset.student].timm_name, arch, size, timm_weights)
+            if backbone_checkpoint:
+                ckpt_io.load_student_checkpoint(vision, backbone_checkpoint)
+        else:
+            skips = tuple(preset.skip_blocks if skip_blocks is None else skip_blocks)
+            masks = parse_mask_blocks(mask_blocks)
+            pruned = None
+            if backbone_checkpoint:
+                pruned, file_skips, file_masks = ckpt_io.read_pruned_header(backbone_checkpoint)
+                skips, masks = tuple(file_skips), parse_mask_blocks(file_masks)
+            vision = build_vit_neck(arch, size, skips, masks)
+            if pruned is not None:
+                ckpt_io.load_pruned_state(vision, pruned, backbone_checkpoint)
+            elif sam3_checkpoint:
+                state = ckpt_io.read_sam3_state(sam3_checkpoint)
+                prefix = ckpt_io.VISION_PREFIX
+                vision_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                ckpt_io.load_into(vision, vision_state, f"vision keys of {sam3_checkpoint!r}",
+                                  ignore_prefixes=("sam2_convs.",) + removed_block_keys("", skips, masks))
+    source = backbone_checkpoint or sam3_checkpoint
+    identity = f"{preset.name}:{size}:" + (ckpt_io.file_fingerprint(source) if source else f"random{seed}")
+    return vision.eval(), identity
+
+
 class _NoTextEncoder(nn.Module):
     """Stands in for the text encoder when a deployment serves its vocabulary from a text cache."""
 

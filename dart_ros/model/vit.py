@@ -34,6 +34,11 @@ def _neck_class():
             level = self.scale_factors.index(DETECTION_SCALE)
             return self.convs[level](self.trunk(x)[-1])
 
+        def forward_levels(self, x: torch.Tensor, levels=(0, 1, 2)):
+            """The requested FPN levels (0: 4P², 1: 2P², 2: P²), sharing one trunk pass."""
+            feat = self.trunk(x)[-1]
+            return [self.convs[i](feat) for i in levels]
+
     return DetectionViTNeck
 
 

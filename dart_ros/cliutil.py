@@ -1,0 +1,79 @@
+"""Command-line flags that map 1:1 onto a config dataclass.
+
+Every field becomes ``--field-name``; the flag's default is None, so an unset flag leaves the
+dataclass default in charge (one source of truth). Bools take ``true/false``; tuples/lists take
+several values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from typing import Any, Dict, Optional, Type, TypeVar
+
+T = TypeVar("T")
+
+
+def _base(tp):
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base(args[0])
+    return tp
+
+
+def _bool(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: Type, group: Optional[str] = None, doc: Dict[str, str] = None):
+    hints = typing.get_type_hints(cls)
+    target = parser.add_argument_group(group) if group else parser
+    for f in dataclasses.fields(cls):
+        tp = _base(hints[f.name])
+        origin = typing.get_origin(tp)
+        kw: Dict[str, Any] = {"default": None, "help": (doc or {}).get(f.name, "")}
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        kw["help"] = (kw["help"] + f" (default: {default!r})").strip()
+        if tp is bool:
+            kw["type"] = _bool
+        elif origin in (tuple, list):
+            inner = _base(typing.get_args(tp)[0]) if typing.get_args(tp) else str
+            if inner not in (int, float, str):
+                continue  # nested structures have no flag form
+            kw["type"] = inner
+            kw["nargs"] = "+"
+        elif tp in (int, float, str):
+            kw["type"] = tp
+        else:
+            continue
+        target.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kw)
+    return parser
+
+
+def dataclass_from_args(cls: Type[T], args: argparse.Namespace, **overrides) -> T:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if typing.get_origin(_base(hints[f.name])) is tuple:
+            value = tuple(value)
+        kwargs[f.name] = value
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def dump(cfg, path: str) -> None:
+    """Write the resolved config next to an output (reproducibility)."""
+    with open(path, "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1, default=str)

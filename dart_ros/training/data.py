@@ -1,0 +1,58 @@
+"""Image datasets for distillation, pruning and evaluation, with the model's own preprocessing.
+
+Images come from a directory (recursively) or a text file with one path per line. Every image is
+preprocessed exactly as the Detector does it (stretch to S×S with SAM3's antialiased resize, then
+(x/255 − 0.5)/0.5), not with ImageNet statistics (a bug of the DART reference's pruning scripts).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def list_images(source: str) -> List[str]:
+    """Sorted image paths under a directory, or the paths listed in a text file."""
+    if os.path.isdir(source):
+        out = [os.path.join(d, f) for d, _, files in os.walk(source) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+    elif os.path.isfile(source):
+        base = os.path.dirname(os.path.abspath(source))
+        with open(source) as f:
+            out = [ln.strip() if os.path.isabs(ln.strip()) else os.path.join(base, ln.strip()) for ln in f if ln.strip()]
+    else:
+        raise FileNotFoundError(f"no image directory or list file at {source!r}")
+    if not out:
+        raise ValueError(f"no images found in {source!r}")
+    return sorted(out)
+
+
+def read_rgb(path: str) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot read image {path!r}")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+class ImageDataset(Dataset):
+    """(index, (3, S, S) normalised float tensor) for each image; the index keys feature caches."""
+
+    def __init__(self, paths: Sequence[str], image_size: int):
+        self.paths = list(paths)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from dart_ros.preprocess import preprocess
+
+        pixels, _ = preprocess(read_rgb(self.paths[i]), self.image_size, torch.device("cpu"))
+        return i, pixels[0]
