@@ -208,3 +208,19 @@ def test_autolabel_folder_and_bag(dataset, tmp_path):
         assert (tmp_path / "bag_out" / img["file_name"]).exists() and (img["height"], img["width"]) == (60, 80)
     with pytest.raises(ValueError, match="not in"):
         run(AutolabelConfig(source=str(bag), topic="/nope", out_dir=str(tmp_path / "x")), det)
+
+
+def test_coco_eval_shards_under_torchrun(dataset, tmp_path):
+    """Two ranks each predict every other image; rank 0 merges the shards and scores all of them."""
+    images, ann_path, _ = dataset
+    out = tmp_path / "ev"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           os.path.join(ROOT, "offline", "eval_coco.py"), "--annotations", str(ann_path), "--images", str(images),
+           "--backbone", "tiny", "--device", "cpu", "--out-dir", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["images"] == 6
+    shards = [[json.loads(ln)["image_id"] for ln in (out / f"predictions_rank{r}_of2.jsonl").read_text().splitlines()]
+              for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(100, 106)) and not set(shards[0]) & set(shards[1])

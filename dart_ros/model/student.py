@@ -60,7 +60,7 @@ def create_timm_features(timm_name: str, weights_file: Optional[str] = None) -> 
     kwargs = {}
     if weights_file:
         # An explicit local file: timm reads it instead of contacting a hub.
-        kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=weights_file))
+        kwargs = dict(pretrained=bool(weights_file), pretrained_cfg_overlay=dict(file=weights_file))
     probe = timm.create_model(timm_name, features_only=True, **kwargs)
     reductions = probe.feature_info.reduction()
     missing = [s for s in STUDENT_STRIDES if s not in reductions]
