@@ -142,35 +142,8 @@ def build_model(
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), dev:
         torch.manual_seed(seed)
-        if preset.kind == "student":
-            if skip_blocks or mask_blocks:
-                raise ValueError("skip_blocks/mask_blocks apply to ViT backbones, not students")
-            vision = StudentBackbone(STUDENTS[preset.student].timm_name, arch, size, timm_weights)
-            if backbone_checkpoint:
-                ckpt_io.load_student_checkpoint(vision, backbone_checkpoint)
-            scalp, removed = 0, ()
-        else:
-            skips = tuple(preset.skip_blocks if skip_blocks is None else skip_blocks)
-            masks: MaskSpec = parse_mask_blocks(mask_blocks)
-            pruned = None
-            if backbone_checkpoint:
-                pruned, file_skips, file_masks = ckpt_io.read_pruned_header(backbone_checkpoint)
-                if skip_blocks is not None and sorted(skip_blocks) != file_skips:
-                    raise ckpt_io.CheckpointError(
-                        f"{backbone_checkpoint!r} was pruned with skip_blocks {file_skips}, "
-                        f"but {sorted(skip_blocks)} was requested"
-                    )
-                if mask_blocks and parse_mask_blocks(file_masks) != masks:
-                    raise ckpt_io.CheckpointError(
-                        f"{backbone_checkpoint!r} was pruned with mask_blocks {file_masks!r}, "
-                        f"but {mask_blocks!r} was requested"
-                    )
-                skips, masks = tuple(file_skips), parse_mask_blocks(file_masks)
-            vision = build_vit_neck(arch, size, skips, masks)
-            if pruned is not None:
-                ckpt_io.load_pruned_state(vision, pruned, backbone_checkpoint)
-            scalp = 1
-            removed = removed_block_keys("", skips, masks)
+        vision, removed = _build_vision(preset, arch, size, backbone_checkpoint, timm_weights, skip_blocks, mask_blocks)
+        scalp = 0 if preset.kind == "student" else 1
 
         text = None
         if not load_text_encoder:
@@ -195,6 +168,37 @@ def build_model(
     return DartModel(sam3.eval(), preset, arch, size, text_id, "|".join(parts), load_text_encoder)
 
 
+def _build_vision(preset: BackbonePreset, arch: Sam3Arch, size: int, backbone_checkpoint, timm_weights,
+                  skip_blocks, mask_blocks) -> Tuple[nn.Module, Tuple[str, ...]]:
+    """The vision backbone of a preset with its own checkpoint loaded; also the state-dict key
+    prefixes that pruning removed (present in sam3.pt, absent from the model)."""
+    if preset.kind == "student":
+        if skip_blocks or mask_blocks:
+            raise ValueError("skip_blocks/mask_blocks apply to ViT backbones, not students")
+        vision = StudentBackbone(STUDENTS[preset.student].timm_name, arch, size, timm_weights)
+        if backbone_checkpoint:
+            ckpt_io.load_student_checkpoint(vision, backbone_checkpoint)
+        return vision, ()
+    skips = tuple(preset.skip_blocks if skip_blocks is None else skip_blocks)
+    masks: MaskSpec = parse_mask_blocks(mask_blocks)
+    pruned = None
+    if backbone_checkpoint:
+        pruned, file_skips, file_masks = ckpt_io.read_pruned_header(backbone_checkpoint)
+        if skip_blocks is not None and sorted(skip_blocks) != file_skips:
+            raise ckpt_io.CheckpointError(
+                f"{backbone_checkpoint!r} was pruned with skip_blocks {file_skips}, but {sorted(skip_blocks)} was requested"
+            )
+        if mask_blocks and parse_mask_blocks(file_masks) != masks:
+            raise ckpt_io.CheckpointError(
+                f"{backbone_checkpoint!r} was pruned with mask_blocks {file_masks!r}, but {mask_blocks!r} was requested"
+            )
+        skips, masks = tuple(file_skips), parse_mask_blocks(file_masks)
+    vision = build_vit_neck(arch, size, skips, masks)
+    if pruned is not None:
+        ckpt_io.load_pruned_state(vision, pruned, backbone_checkpoint)
+    return vision, removed_block_keys("", skips, masks)
+
+
 def build_vision_backbone(
     backbone: str,
     image_size: Optional[int] = None,
@@ -217,26 +221,13 @@ def build_vision_backbone(
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), dev:
         torch.manual_seed(seed)
-        if preset.kind == "student":
-            vision = StudentBackbone(STUDENTS[preset.student].timm_name, arch, size, timm_weights)
-            if backbone_checkpoint:
-                ckpt_io.load_student_checkpoint(vision, backbone_checkpoint)
-        else:
-            skips = tuple(preset.skip_blocks if skip_blocks is None else skip_blocks)
-            masks = parse_mask_blocks(mask_blocks)
-            pruned = None
-            if backbone_checkpoint:
-                pruned, file_skips, file_masks = ckpt_io.read_pruned_header(backbone_checkpoint)
-                skips, masks = tuple(file_skips), parse_mask_blocks(file_masks)
-            vision = build_vit_neck(arch, size, skips, masks)
-            if pruned is not None:
-                ckpt_io.load_pruned_state(vision, pruned, backbone_checkpoint)
-            elif sam3_checkpoint:
-                state = ckpt_io.read_sam3_state(sam3_checkpoint)
-                prefix = ckpt_io.VISION_PREFIX
-                vision_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                ckpt_io.load_into(vision, vision_state, f"vision keys of {sam3_checkpoint!r}",
-                                  ignore_prefixes=("sam2_convs.",) + removed_block_keys("", skips, masks))
+        vision, removed = _build_vision(preset, arch, size, backbone_checkpoint, timm_weights, skip_blocks, mask_blocks)
+        if preset.kind == "vit" and not backbone_checkpoint and sam3_checkpoint:
+            state = ckpt_io.read_sam3_state(sam3_checkpoint)
+            prefix = ckpt_io.VISION_PREFIX
+            vision_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            ckpt_io.load_into(vision, vision_state, f"vision keys of {sam3_checkpoint!r}",
+                              ignore_prefixes=("sam2_convs.",) + removed)
     source = backbone_checkpoint or sam3_checkpoint
     identity = f"{preset.name}:{size}:" + (ckpt_io.file_fingerprint(source) if source else f"random{seed}")
     return vision.eval(), identity
