@@ -6,7 +6,7 @@
 Messages are published as recorded (serialized CDR, no conversion), headers untouched, so the
 detector's outputs can be matched to inputs by stamp (as ros2_benchmark does). ``--rate`` plays at
 a fixed frequency, ``--timing`` with the bag's recorded gaps; ``--wait-subscribers`` holds the
-first message until that many subscribers matched.
+first message until that many subscribers matched (then waits ``--delay`` seconds more).
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max", type=int, default=0, help="stop after this many messages (0 = all)")
     ap.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable")
     ap.add_argument("--wait-subscribers", type=int, default=0)
+    ap.add_argument("--delay", type=float, default=0.5,
+                    help="seconds to wait after subscribers matched: discovery completes on the "
+                         "subscriber's side a little later, and a best-effort reader drops what comes first")
     args = ap.parse_args(own)
 
     from rosbags.highlevel import AnyReader
@@ -60,6 +63,9 @@ def main(argv=None) -> int:
             deadline = time.monotonic() + 30.0
             while args.wait_subscribers and time.monotonic() < deadline and any(
                     p.get_subscription_count() < args.wait_subscribers for p in pubs.values()):
+                rclpy.spin_once(node, timeout_sec=0.05)
+            end = time.monotonic() + args.delay
+            while time.monotonic() < end:
                 rclpy.spin_once(node, timeout_sec=0.05)
             rounds = 0
             while args.loop == 0 or rounds < args.loop:
