@@ -141,6 +141,16 @@ class Detector:
             "runtime": "fast" if self._fast else "eager",
         }
 
+    def close(self) -> None:
+        """Release the model and every device buffer (graphs, pipeline); the object is unusable after."""
+        self._pipeline = None
+        self._bb = None
+        self._ed = None
+        self._vocab = None
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     # ------------------------------------------------------------------ configuration
 
     def _resolve_precision(self, precision: str) -> Optional[torch.dtype]:

@@ -26,6 +26,8 @@ ARGS = {
     "namespace": ("", "namespace of the node"),
     "node_name": ("dart", "node name (services: /<node_name>/set_classes)"),
     "use_rviz": ("false", "start RViz showing the annotated image"),
+    "lifecycle": ("false", "run the managed (lifecycle) node"),
+    "autostart": ("true", "lifecycle node: configure and activate at start"),
 }
 
 
@@ -36,7 +38,8 @@ def _nodes(context):
         node_name=v["node_name"], sam3_checkpoint=v["sam3_checkpoint"],
         backbone_checkpoint=v["backbone_checkpoint"], device=v["device"],
         compressed=v["compressed"].lower() == "true", params_file=v["params_file"],
-        use_rviz=v["use_rviz"].lower() == "true",
+        use_rviz=v["use_rviz"].lower() == "true", lifecycle=v["lifecycle"].lower() == "true",
+        autostart=v["autostart"].lower() == "true",
     )
     return [
         Node(package=s.package, executable=s.executable, name=s.name, namespace=s.namespace,

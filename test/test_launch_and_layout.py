@@ -49,6 +49,8 @@ def test_launch_maps_arguments_onto_parameters_and_remaps():
     assert node.remappings == [("image/compressed", "/cam/color/compressed")]
     assert node.parameters[-1] == {"input_transport": "compressed"}
     assert rviz.executable == "rviz2" and rviz.arguments[1].endswith("dart.rviz")
+    [lc] = detector_launch(backbone="tiny", lifecycle=True, autostart=False, directory=CONFIG)
+    assert lc.executable == "detector_lifecycle_node" and lc.parameters[-1] == {"autostart": False}
     with pytest.raises(ValueError, match="not one of"):
         detector_launch(backbone="resnet50", directory=CONFIG)
 

@@ -383,3 +383,62 @@ def test_bag_replay_reaches_the_node_with_recorded_headers(ros, tmp_path):
     for sec, nsec in stamps:
         ros.client.spin_until(lambda: ros.dets.find(lambda d: (d.header.stamp.sec, d.header.stamp.nanosec) == (sec, nsec)
                                                     and d.header.frame_id == "bagcam"), 20, f"detections for {sec}")
+
+
+def test_lifecycle_node_transitions(tmp_path, rng):
+    """configure loads and announces, activate listens, deactivate stops, cleanup releases."""
+    require_ros()
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray, LabelInfo
+
+    from dart_ros_interfaces.srv import SetClasses
+
+    node = NodeProcess("dart_ros.ros.lifecycle_node", name="dart_lc", log_path=str(tmp_path / "lc.log"),
+                       params=dict(backbone="tiny", device="cpu", classes=["person"], confidence_threshold=0.0),
+                       remaps={"image": "/lc/image"})
+    client = RosClient("dart_test_lifecycle")
+    try:
+        n = client.node
+        change = n.create_client(ChangeState, "/dart_lc/change_state")
+        get = n.create_client(GetState, "/dart_lc/get_state")
+        set_classes = n.create_client(SetClasses, "/dart_lc/set_classes")
+        dets, infos = Collector(), Collector()
+        n.create_subscription(Detection2DArray, "/dart_lc/detections", dets, 10)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        n.create_subscription(LabelInfo, "/dart_lc/label_info", infos, latched)
+        pub = n.create_publisher(Image, "/lc/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+
+        def state():
+            return client.call(get, GetState.Request()).current_state.label
+
+        def transition(tid):
+            assert client.call(change, ChangeState.Request(transition=Transition(id=tid)), timeout=60).success
+
+        assert state() == "unconfigured"
+        assert not set_classes.wait_for_service(timeout_sec=1.0)  # nothing loaded yet
+        transition(Transition.TRANSITION_CONFIGURE)
+        assert state() == "inactive"
+        client.spin_until(lambda: infos.msgs, 20, "label info after configure")
+        assert [c.class_name for c in infos.msgs[-1].class_map] == ["person"]
+        assert client.call(set_classes, SetClasses.Request(classes=["dog", "cat"])).success
+        msg = image_msg(rng, 60, 80, frame_id="lc")
+        pub.publish(msg)
+        client.spin_for(1.5)
+        assert not dets.msgs  # inactive: no subscription, no inference
+        transition(Transition.TRANSITION_ACTIVATE)
+        assert state() == "active"
+        client.spin_until(lambda: pub.get_subscription_count() > 0, 20, "input subscription")
+        publish_until(client, pub, msg, lambda: dets.find(lambda d: same_header(d.header, msg.header)), 20, "detections")
+        assert {d.results[0].hypothesis.class_id for d in dets.msgs[-1].detections} <= {"dog", "cat"}
+        transition(Transition.TRANSITION_DEACTIVATE)
+        client.spin_until(lambda: pub.get_subscription_count() == 0, 20, "input unsubscribed")
+        transition(Transition.TRANSITION_CLEANUP)
+        assert state() == "unconfigured"
+        client.spin_until(lambda: not set_classes.service_is_ready(), 20, "services gone after cleanup")
+        assert node.alive()
+    finally:
+        client.close()
+        node.stop()

@@ -69,6 +69,8 @@ def detector_launch(
     compressed: bool = False,
     params_file: str = "",
     use_rviz: bool = False,
+    lifecycle: bool = False,
+    autostart: bool = True,
     directory: Optional[str] = None,
 ) -> List[NodeLaunch]:
     """The nodes of ``detector.launch.py`` for the given launch arguments."""
@@ -90,7 +92,11 @@ def detector_launch(
         params.append(overrides)
     topic = "image/compressed" if compressed else "image"
     source = image.rstrip("/") + "/compressed" if compressed and not image.endswith("/compressed") else image
-    nodes = [NodeLaunch("dart_ros", "detector_node", node_name, namespace, params, [(topic, source)])]
+    executable = "detector_node"
+    if lifecycle:
+        executable = "detector_lifecycle_node"
+        params.append({"autostart": autostart})
+    nodes = [NodeLaunch("dart_ros", executable, node_name, namespace, params, [(topic, source)])]
     if use_rviz:
         rviz = os.path.join(directory or config_dir(), "dart.rviz")
         nodes.append(NodeLaunch("rviz2", "rviz2", "rviz2", namespace, [], [], ["-d", rviz]))

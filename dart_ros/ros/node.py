@@ -32,38 +32,53 @@ from dart_ros.ros.params import declare_parameters, parse_name_groups, split_cha
 DEFAULT_NODE_NAME = "dart"
 
 
-class DetectorNode(Node):
-    """ROS 2 front end of the Detector. Contains no tensor logic."""
+class DetectorWiring:
+    """Everything the node does, in steps a plain node runs at once and a lifecycle node runs on
+    transitions: ``_setup`` (parameters), ``_load`` (model, outputs, services), ``_start`` (input
+    subscription and worker), ``_stop_input`` and ``_unload``. Contains no tensor logic."""
 
-    def __init__(self, node_name: str = DEFAULT_NODE_NAME, **kwargs):
-        super().__init__(node_name, **kwargs)
+    def _setup(self) -> None:
         _forward_python_logging(self.get_logger())
-        from dart_ros.detector import Detector, InvalidClassesError  # heavy import after rclpy init
+        from dart_ros.detector import InvalidClassesError  # heavy import after rclpy init
 
         self._InvalidClassesError = InvalidClassesError
-        det_cfg, self.cfg = declare_parameters(self)
+        self._det_cfg, self.cfg = declare_parameters(self)
         self.stats = NodeStats()
         self._logged_once = set()
         self._internal_param_update = False
+        self.detector = None
+        self.sub = None
+        self._worker = None
+        self._owned = []  # publishers, services and timers made by _load, destroyed by _unload
+        self._slot = None  # (msg, receive time): only the newest frame is kept
+        self._cond = threading.Condition()
+        self._stop = False
+        self._last_annotated = 0.0
+        self._received_since_check = 0
+        self._input_warned = False
+        topic = "image/compressed" if self.cfg.input_transport == "compressed" else "image"
+        self.input_topic = self.resolve_topic_name(topic)
+        # Callback groups: a slow vocabulary swap must not block image reception.
+        self._image_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self.add_on_set_parameters_callback(self._on_parameters)
+
+    def _load(self) -> None:
+        from dart_ros.detector import Detector
 
         log = self.get_logger()
+        det_cfg = dataclasses.replace(self._det_cfg, classes=[])
         log.info(f"loading backbone {det_cfg.backbone!r} on {det_cfg.device} …")
-        initial_classes = list(det_cfg.classes)
-        det_cfg.classes = []
         self.detector = Detector(det_cfg)
         info = self.detector.describe()
         log.info("model ready: " + ", ".join(f"{k}={v}" for k, v in info.items()))
         if self.detector.random_weights:
             log.warning("NO sam3_checkpoint GIVEN: the model has RANDOM weights; detections are meaningless")
 
-        # Callback groups: a slow vocabulary swap must not block image reception.
-        self._image_group = MutuallyExclusiveCallbackGroup()
-        self._service_group = MutuallyExclusiveCallbackGroup()
-        self._timer_group = MutuallyExclusiveCallbackGroup()
-
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
         from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import CompressedImage, Image
+        from sensor_msgs.msg import Image
         from std_srvs.srv import SetBool
         from vision_msgs.msg import Detection2DArray, LabelInfo
 
@@ -73,45 +88,63 @@ class DetectorNode(Node):
         self.pub_label_info = self.create_publisher(LabelInfo, "~/label_info", latched)
         self.pub_annotated = self.create_publisher(Image, "~/image_annotated", 2)
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
-        qos = QoSProfile(
-            depth=self.cfg.qos_depth,
-            reliability=ReliabilityPolicy.BEST_EFFORT if self.cfg.qos_reliability == "best_effort" else ReliabilityPolicy.RELIABLE,
-        )
-        if self.cfg.input_transport == "compressed":
-            self.input_topic = "image/compressed"
-            self.sub = self.create_subscription(CompressedImage, self.input_topic, self._on_image, qos,
-                                                callback_group=self._image_group)
-        else:
-            self.input_topic = "image"
-            self.sub = self.create_subscription(Image, self.input_topic, self._on_image, qos,
-                                                callback_group=self._image_group)
-
-        self.create_service(SetClasses, "~/set_classes", self._on_set_classes, callback_group=self._service_group)
-        self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self._service_group)
-        self.add_on_set_parameters_callback(self._on_parameters)
-
-        self._slot = None  # (msg, receive time): only the newest frame is kept
-        self._cond = threading.Condition()
-        self._stop = False
-        self._last_annotated = 0.0
-        self._received_since_check = 0
-        self._input_warned = False
-
+        self._owned = [
+            self.pub_detections, self.pub_label_info, self.pub_annotated, self.pub_diagnostics,
+            self.create_service(SetClasses, "~/set_classes", self._on_set_classes, callback_group=self._service_group),
+            self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self._service_group),
+            self.create_timer(self.cfg.diagnostics_period_s, self._publish_diagnostics, callback_group=self._timer_group),
+            self.create_timer(self.cfg.no_input_warn_s, self._check_input, callback_group=self._timer_group),
+        ]
+        initial_classes = list(self._det_cfg.classes)
         if initial_classes:
             try:
                 self._apply_classes(initial_classes)
-            except (InvalidClassesError, ValueError) as e:
+            except (self._InvalidClassesError, ValueError) as e:
                 self._problem("error", f"initial classes rejected: {e}", key="initial_classes")
         else:
             self._publish_label_info()
             log.warning("no classes set: call the set_classes service or set the 'classes' parameter")
 
-        self.create_timer(self.cfg.diagnostics_period_s, self._publish_diagnostics, callback_group=self._timer_group)
-        self._input_timer = self.create_timer(self.cfg.no_input_warn_s, self._check_input, callback_group=self._timer_group)
+    def _start(self) -> None:
+        from sensor_msgs.msg import CompressedImage, Image
+
+        qos = QoSProfile(
+            depth=self.cfg.qos_depth,
+            reliability=ReliabilityPolicy.BEST_EFFORT if self.cfg.qos_reliability == "best_effort" else ReliabilityPolicy.RELIABLE,
+        )
+        msg_type = CompressedImage if self.cfg.input_transport == "compressed" else Image
+        self.sub = self.create_subscription(msg_type, self.input_topic, self._on_image, qos,
+                                            callback_group=self._image_group)
+        with self._cond:
+            self._stop = False
         self._worker = threading.Thread(target=self._work, name="dart_inference", daemon=True)
         self._worker.start()
-        log.info(f"listening on {self.sub.topic_name} ({self.cfg.qos_reliability}, depth {self.cfg.qos_depth})")
+        self.get_logger().info(f"listening on {self.input_topic} ({self.cfg.qos_reliability}, depth {self.cfg.qos_depth})")
+
+    def _stop_input(self) -> None:
+        if self.sub is not None:
+            self.destroy_subscription(self.sub)
+            self.sub = None
+        with self._cond:
+            self._stop = True
+            self._slot = None
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
+
+    def _unload(self) -> None:
+        for entity in self._owned:
+            for destroy in (self.destroy_publisher, self.destroy_service, self.destroy_timer):
+                try:
+                    if destroy(entity):
+                        break
+                except (TypeError, AttributeError):
+                    continue
+        self._owned = []
+        if self.detector is not None:
+            self.detector.close()
+            self.detector = None
 
     # ------------------------------------------------------------------ input
 
@@ -170,10 +203,10 @@ class DetectorNode(Node):
                 dets.meta = meta
                 results = [dets]
         except conversions.BadImageError as e:
-            self._problem("warn", f"bad input on {self.sub.topic_name}: {e}", key=e.key, bad_input=True)
+            self._problem("warn", f"bad input on {self.input_topic}: {e}", key=e.key, bad_input=True)
             return
         except ImageFormatError as e:
-            self._problem("warn", f"bad input on {self.sub.topic_name}: {e}", key="format", bad_input=True)
+            self._problem("warn", f"bad input on {self.input_topic}: {e}", key="format", bad_input=True)
             return
         except RuntimeError as e:
             self._problem("error", f"inference failed: {e}", key=f"runtime:{type(e).__name__}:{str(e)[:60]}")
@@ -203,12 +236,14 @@ class DetectorNode(Node):
 
     def _check_input(self) -> None:
         """Warn once when a publisher exists but nothing arrives (usually a QoS mismatch)."""
+        if self.sub is None:
+            return
         got, self._received_since_check = self._received_since_check, 0
         if got or self._input_warned:
             return
-        pubs = self.get_publishers_info_by_topic(self.sub.topic_name)
+        pubs = self.get_publishers_info_by_topic(self.input_topic)
         if not pubs:
-            self._once("no_publisher", lambda: self.get_logger().info(f"waiting for a publisher on {self.sub.topic_name}"))
+            self._once("no_publisher", lambda: self.get_logger().info(f"waiting for a publisher on {self.input_topic}"))
             return
         desc = "; ".join(
             f"{p.node_namespace.rstrip('/')}/{p.node_name}: {p.qos_profile.reliability.name.lower()}, "
@@ -218,7 +253,7 @@ class DetectorNode(Node):
         self._input_warned = True
         self._problem(
             "warn",
-            f"{len(pubs)} publisher(s) on {self.sub.topic_name} but no image for {self.cfg.no_input_warn_s:.0f} s "
+            f"{len(pubs)} publisher(s) on {self.input_topic} but no image for {self.cfg.no_input_warn_s:.0f} s "
             f"(publishers: {desc}; this node subscribes {self.cfg.qos_reliability}, depth {self.cfg.qos_depth})",
             key="no_input",
         )
@@ -228,6 +263,7 @@ class DetectorNode(Node):
     def _apply_classes(self, names, update_parameter: bool = True) -> list:
         """Set the vocabulary (raises on rejection: the previous one stays) and announce it."""
         active = self.detector.set_classes(names)
+        self._det_cfg.classes = list(active)
         self._apply_nms_groups(self.cfg.nms_groups)
         self._publish_label_info()
         if update_parameter:
@@ -288,12 +324,20 @@ class DetectorNode(Node):
             return SetParametersResult(successful=True)
         try:
             det, node, classes = split_changes(params)
-            dataclasses.replace(self.detector.config, **det).validate()
+            candidate_det = dataclasses.replace(self._det_cfg, **det).validate()
             candidate = dataclasses.replace(self.cfg, **node).validate()
+            if self.detector is None:  # lifecycle node, not configured: remembered for configure
+                if classes is not None:
+                    if not classes or not all(c.strip() for c in classes):
+                        raise ValueError("classes must be a non-empty list of non-empty names")
+                    candidate_det.classes = list(classes)
+                self._det_cfg, self.cfg = candidate_det, candidate
+                return SetParametersResult(successful=True)
             if classes is not None:
                 self._apply_classes(classes, update_parameter=False)
             if det:
                 self.detector.update(**det)
+            self._det_cfg = dataclasses.replace(candidate_det, classes=self.detector.classes)
             self.cfg = candidate
             if "nms_groups" in node:
                 self._apply_nms_groups(candidate.nms_groups)
@@ -324,7 +368,7 @@ class DetectorNode(Node):
             classes=",".join(self.detector.classes),
             num_classes=str(len(self.detector.classes)),
             vocabulary_version=str(self.detector.vocabulary_version),
-            input_topic=self.sub.topic_name,
+            input_topic=self.input_topic,
         )
         arr = diagnostic_array(
             self.get_clock().now().to_msg(), f"{self.get_name()}: detector", info["device"],
@@ -333,10 +377,17 @@ class DetectorNode(Node):
         self.pub_diagnostics.publish(arr)
 
     def shutdown(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._worker.join(timeout=5.0)
+        self._stop_input()
+
+
+class DetectorNode(DetectorWiring, Node):
+    """The detector node: loads the model and starts listening at construction."""
+
+    def __init__(self, node_name: str = DEFAULT_NODE_NAME, **kwargs):
+        Node.__init__(self, node_name, **kwargs)
+        self._setup()
+        self._load()
+        self._start()
 
 
 class _RosLogHandler(logging.Handler):

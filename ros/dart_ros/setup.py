@@ -25,6 +25,7 @@ setup(
     entry_points={
         "console_scripts": [
             "detector_node = dart_ros.ros.node:main",
+            "detector_lifecycle_node = dart_ros.ros.lifecycle_node:main",
             "image_player = dart_ros.ros.player:main",
             "bag_play = dart_ros.ros.bag_play:main",
         ],
