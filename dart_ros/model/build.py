@@ -199,6 +199,24 @@ def _geometry_encoder_class():
                 return boxes.new_zeros(0, boxes.shape[1], self.d_model), boxes_mask
             return super()._encode_boxes(boxes, boxes_mask, boxes_labels, img_feats)
 
+        def empty_prompt_token(self, img_feat, img_pos):
+            """The output of ``forward`` for a prompt with no points, boxes or masks.
+
+            Then every prompt embedding is empty and only the CLS token remains: projected and
+            normed, refined by the layers against the image, normed again. Computing just that
+            avoids zero-length tensors (cheaper, and traceable for ONNX export). The tests check
+            it against sam3's full ``forward_grounding`` path.
+
+            Args: img_feat, img_pos (P², B, C) seq-first. Returns (1, B, C) tokens, (B, 1) mask.
+            """
+            bs = img_feat.shape[1]
+            token = self.cls_embed.weight.view(1, 1, self.d_model).expand(1, bs, -1)
+            mask = torch.zeros(bs, 1, dtype=torch.bool, device=img_feat.device)
+            token = self.norm(self.final_proj(token))
+            for layer in self.encode:
+                token = layer(tgt=token, memory=img_feat, tgt_key_padding_mask=mask, pos=img_pos)
+            return self.encode_norm(token), mask
+
     return GeometryEncoder
 
 

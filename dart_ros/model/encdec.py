@@ -62,6 +62,9 @@ def geometry_token(
     Returns:
         tokens (1, 1, C) and mask (1, 1) bool (False = valid).
     """
+    encoder = sam3.geometry_encoder
+    if hasattr(encoder, "empty_prompt_token"):  # dart_ros's exact fast path (model/build.py)
+        return encoder.empty_prompt_token(img_feat, img_pos)
     from sam3.model.geometry_encoders import Prompt
 
     dev = img_feat.device
