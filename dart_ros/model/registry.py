@@ -7,6 +7,7 @@ test path is the production path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Optional, Sequence, Tuple
@@ -62,6 +63,15 @@ PRESETS = {
                        description="tiny encoder-decoder with timm's test_convnext student"),
     )
 }
+
+
+@contextlib.contextmanager
+def _seeded_on(device: str, seed: int):
+    """Build modules on ``device`` with reproducible random weights, leaving the global RNG as it was."""
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), dev:
+        torch.manual_seed(seed)
+        yield
 
 
 def list_backbones() -> Tuple[str, ...]:
@@ -139,9 +149,7 @@ def build_model(
     size = image_size or arch.default_image_size
     arch.feature_size(size)
 
-    dev = torch.device(device)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), dev:
-        torch.manual_seed(seed)
+    with _seeded_on(device, seed):
         vision, removed = _build_vision(preset, arch, size, backbone_checkpoint, timm_weights, skip_blocks, mask_blocks)
         scalp = 0 if preset.kind == "student" else 1
 
@@ -218,9 +226,7 @@ def build_vision_backbone(
     preset = get_preset(backbone)
     arch = get_arch(preset.arch)
     size = image_size or arch.default_image_size
-    dev = torch.device(device)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), dev:
-        torch.manual_seed(seed)
+    with _seeded_on(device, seed):
         vision, removed = _build_vision(preset, arch, size, backbone_checkpoint, timm_weights, skip_blocks, mask_blocks)
         if preset.kind == "vit" and not backbone_checkpoint and sam3_checkpoint:
             state = ckpt_io.read_sam3_state(sam3_checkpoint)

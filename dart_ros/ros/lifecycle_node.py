@@ -11,14 +11,10 @@ Same parameters, topics and services as :mod:`dart_ros.ros.node` (they share Det
 
 from __future__ import annotations
 
-from typing import Optional
-
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 
-from dart_ros.ros.node import DEFAULT_NODE_NAME, DetectorWiring
+from dart_ros.ros.node import DEFAULT_NODE_NAME, DetectorWiring, spin_node
 
 
 class LifecycleDetectorNode(DetectorWiring, LifecycleNode):
@@ -55,24 +51,14 @@ class LifecycleDetectorNode(DetectorWiring, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
 
+def _autostart(node: LifecycleDetectorNode) -> None:
+    if node.autostart:
+        node.trigger_configure()
+        node.trigger_activate()
+
+
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node: Optional[LifecycleDetectorNode] = None
-    try:
-        node = LifecycleDetectorNode()
-        if node.autostart:
-            node.trigger_configure()
-            node.trigger_activate()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(LifecycleDetectorNode, args, on_start=_autostart)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -414,11 +414,13 @@ def _forward_python_logging(ros_logger) -> None:
     lib.propagate = False
 
 
-def main(args=None) -> None:
+def spin_node(factory: Callable[[], DetectorWiring], args=None, on_start: Callable = lambda node: None) -> None:
+    """The portable rclpy main (Humble to Kilted): init, build, spin on 4 threads, shut down."""
     rclpy.init(args=args)
-    node: Optional[DetectorNode] = None
+    node: Optional[DetectorWiring] = None
     try:
-        node = DetectorNode()
+        node = factory()
+        on_start(node)
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
         executor.spin()
@@ -429,6 +431,10 @@ def main(args=None) -> None:
             node.shutdown()
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def main(args=None) -> None:
+    spin_node(DetectorNode, args)
 
 
 if __name__ == "__main__":
