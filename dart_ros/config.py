@@ -34,6 +34,8 @@ class DetectorConfig:
             they are) or ``fast`` (CUDA: reduced-precision backbone weights, real-valued RoPE, CUDA
             graphs for the backbone and per class-count bucket for the encoder-decoder).
         cuda_graphs: capture CUDA graphs in the fast runtime (off: same code, eager launches).
+        compile_kernels: fast runtime on CUDA: compile the ViT's RoPE into one Triton kernel with
+            ``torch.compile`` (about 15 s once at start-up; off, or without Triton: three ATen kernels).
     Vocabulary
         classes: initial vocabulary.
         max_classes: largest vocabulary accepted.
@@ -63,6 +65,7 @@ class DetectorConfig:
     max_classes_per_chunk: int = 16
     runtime: str = "auto"
     cuda_graphs: bool = True
+    compile_kernels: bool = True
 
     classes: List[str] = dataclasses.field(default_factory=list)
     max_classes: int = 1000

@@ -52,6 +52,7 @@ class Vocabulary:
     version: int
     text: torch.Tensor
     mask: torch.Tensor
+    prompt_cache: Optional[object] = None  # fast runtime: the text's projections (runtime.fused_encdec.PromptCache)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -103,6 +104,7 @@ class Detector:
         self._fast = self._resolve_runtime(config.runtime)
         self._bb = None
         self._ed = None
+        self._ed_module = None
         self._pipeline = None
         if self._fast:
             self._setup_fast_runtime()
@@ -146,6 +148,7 @@ class Detector:
         self._pipeline = None
         self._bb = None
         self._ed = None
+        self._ed_module = None
         self._vocab = None
         self.model = None
         if self.device.type == "cuda":
@@ -170,24 +173,26 @@ class Detector:
         from dart_ros.runtime.backbone import BackboneGraphs, prepare_backbone
 
         dtype = self._autocast_dtype or torch.float32
-        vision = prepare_backbone(self.model.vision, self._autocast_dtype)
+        vision = prepare_backbone(self.model.vision, self._autocast_dtype, self.model.feature_size,
+                                  self.config.compile_kernels)
         self._bb = BackboneGraphs(vision, self.image_size, self.device, dtype, slots=2,
                                   use_graphs=self.config.cuda_graphs)
         self._build_encdec_runner()
 
     def _build_encdec_runner(self) -> None:
-        from dart_ros.runtime.encdec import EncDecGraphs, GraphableEncDec, skip_attention_weights
+        from dart_ros.runtime.encdec import EncDecGraphs, skip_attention_weights
+        from dart_ros.runtime.fused_encdec import FusedEncDec
 
-        skip_attention_weights(self.model.sam3.transformer)
-        skip_attention_weights(self.model.sam3.geometry_encoder)
-        module = GraphableEncDec(self.model.sam3, self.model.feature_size)
+        if self._ed_module is None:
+            skip_attention_weights(self.model.sam3.geometry_encoder)
+            self._ed_module = FusedEncDec(self.model.sam3, self.model.feature_size, self._pos,
+                                          self._autocast_dtype or torch.float32)
         if not self.config.cuda_graphs:
             self._ed = None
-            self._ed_module = module
             return
         chunk = self.config.max_classes_per_chunk
         buckets = [b for b in (1, 2, 4, 8, 16, 32, 64) if b < chunk] + [chunk]
-        self._ed = EncDecGraphs(module, buckets, self._autocast_dtype)
+        self._ed = EncDecGraphs(self._ed_module, buckets)
 
     def _autocast(self):
         if self._autocast_dtype is None:
@@ -286,12 +291,13 @@ class Detector:
         entries = self.text_cache.get(cleaned)
         text = torch.stack([e[0] for e in entries], dim=1).to(self.device)
         mask = torch.stack([e[1] for e in entries], dim=0).to(self.device)
+        cache = self._ed_module.prompt_cache(text, mask) if self._ed_module is not None else None
         if self.device.type == "cuda":
             # The pipeline reads the vocabulary from other streams: the copies must be complete.
             torch.cuda.current_stream(self.device).synchronize()
         with self._vocab_lock:
             version = self.vocabulary_version + 1
-            self._vocab = Vocabulary(tuple(cleaned), version, text, mask)
+            self._vocab = Vocabulary(tuple(cleaned), version, text, mask, cache)
         return list(cleaned)
 
     # ------------------------------------------------------------------ inference stages
@@ -333,10 +339,10 @@ class Detector:
             img_feat = encdec.flatten_features(feat)
             img_pos = self._pos.to(img_feat.dtype)
             official = self.config.prompt_mode == "official"
+            cache = vocab.prompt_cache or self._ed_module.prompt_cache(vocab.text, vocab.mask)
             if self._ed is not None:
-                return self._ed(img_feat, img_pos, vocab.text, vocab.mask, official)
-            with self._autocast():
-                return encdec.EncDecOutput(*self._ed_module(img_feat, img_pos, vocab.text, vocab.mask, official))
+                return self._ed(img_feat, img_pos, cache, official)
+            return encdec.EncDecOutput(*self._ed_module(img_feat, img_pos, cache, official))
         with self._autocast():
             img_feat = encdec.flatten_features(feat)
             img_pos = self._pos.to(img_feat.dtype)

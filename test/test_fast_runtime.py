@@ -33,6 +33,33 @@ def test_graphable_encdec_equals_eager(tiny_detector, rng, mode, n):
     torch.testing.assert_close(presence, want.presence_logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("mode", ["official", "text_only"])
+@pytest.mark.parametrize("n", [1, 3, 17])
+def test_fused_encdec_equals_graphable(tiny_detector, rng, mode, n):
+    """Shared first self-attention, cached text projections, native-dtype layers: same numbers (fp32)."""
+    from dart_ros.runtime.fused_encdec import FusedEncDec
+
+    det = tiny_detector
+    det.set_classes(list(COCO_CLASSES[30:30 + n]))
+    feat = det.features(det.preprocess(random_image(rng))[0])
+    official = mode == "official"
+    with torch.inference_mode():
+        img_feat = encdec.flatten_features(feat)
+        v = det.vocabulary
+        want = GraphableEncDec(det.model.sam3, det.model.feature_size)(img_feat, det._pos, v.text, v.mask, official)
+        fused = FusedEncDec(det.model.sam3, det.model.feature_size, det._pos, torch.float32)
+        cache = fused.prompt_cache(v.text, v.mask)
+        assert len(cache) == n
+        got = fused(img_feat, det._pos, cache, official)
+        # Chunked through a padded static cache, as the graphs replay it.
+        static = cache.empty_like(8)
+        static.copy_rows_(cache, 0, min(n, 8))
+        part = fused(img_feat, det._pos, static, official)
+    for g, w, name in zip(got, want, ("logits", "boxes", "presence")):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=0, msg=name)
+    torch.testing.assert_close(part[0][: min(n, 8)], want[0][:8], atol=2e-5, rtol=0)
+
+
 def test_skipping_attention_weights_changes_nothing(rng):
     from dart_ros.runtime.encdec import skip_attention_weights
 
@@ -56,6 +83,46 @@ def test_real_rope_equals_complex_rope(backbone):
         got = m.forward_features(x)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert not any("rope" in k or "freqs_cis" in k for k in m.state_dict())  # nothing derived is saved
+
+
+@pytest.mark.parametrize("backbone,mask", [("tiny", None), ("tiny_pruned", None), ("tiny", "0:attn,2:mlp")])
+@pytest.mark.parametrize("real_rope", [False, True])
+def test_fast_vit_equals_sam3_trunk(backbone, mask, real_rope):
+    """Window-major tokens, three-kernel RoPE and copy-free heads compute sam3's ViT exactly (fp32)."""
+    from dart_ros.runtime.fast_vit import FastViTDetection
+
+    m = build_model(backbone, mask_blocks=mask)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        want = m.vision.forward_detection(x)
+        if real_rope:
+            use_real_rope(m.vision.trunk)
+        fast = FastViTDetection(m.vision, m.feature_size)
+        got = fast.forward_detection(x)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in m.vision.parameters())
+
+
+def test_fast_vit_gelu_epilogue_stays_within_bf16_resolution():
+    """The GEMM-epilogue GELU (tanh form) differs from erf GELU far below bf16's resolution."""
+    from dart_ros.runtime.fast_vit import FastViTDetection
+
+    m = build_model("tiny")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        want = m.vision.forward_detection(x)
+        got = FastViTDetection(m.vision, m.feature_size, gelu_epilogue=True).forward_detection(x)
+    assert not torch.equal(got, want)  # the epilogue path really ran
+    assert cosine(got, want) > 0.99999
+    torch.testing.assert_close(got, want, atol=2e-3 * want.abs().max().item(), rtol=0)
+
+
+def test_fast_vit_rejects_a_grid_the_windows_do_not_tile():
+    from dart_ros.runtime.fast_vit import FastViTTrunk
+
+    m = build_model("tiny", image_size=252)  # 18x18 tokens, 8x8 windows: sam3 pads, we do not
+    with pytest.raises(ValueError, match="not a multiple of the window size"):
+        FastViTTrunk(m.vision.trunk, m.feature_size)
 
 
 def test_submit_on_cpu_returns_each_frame_with_its_metadata(rng):

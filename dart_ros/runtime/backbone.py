@@ -7,6 +7,7 @@ share one memory pool and the weights; each has its own static input and output.
 
 from __future__ import annotations
 
+import logging
 from typing import List, Optional, Tuple
 
 import torch
@@ -14,14 +15,29 @@ from torch import nn
 
 from dart_ros.model.rope_attention import use_real_rope
 
+log = logging.getLogger(__name__)
 
-def prepare_backbone(vision: nn.Module, dtype: Optional[torch.dtype]) -> nn.Module:
-    """In place: real-valued RoPE attention (ViT) and weights cast to ``dtype`` (if given)."""
+
+def prepare_backbone(vision: nn.Module, dtype: Optional[torch.dtype], grid: Optional[int] = None,
+                     compile_kernels: bool = False) -> nn.Module:
+    """Weights cast to ``dtype`` (if given); a ViT also gets real-valued RoPE and, when ``grid`` (the
+    token grid side) is tiled by its windows, runs as :class:`~dart_ros.runtime.fast_vit.FastViTDetection`.
+
+    Returns the module whose ``forward_detection`` the runner calls (parameters shared with ``vision``).
+    """
     trunk = getattr(vision, "trunk", None)
     if trunk is not None:
         use_real_rope(trunk)
     if dtype is not None:
         vision.to(dtype)
+    if trunk is not None and grid is not None:
+        from dart_ros.runtime.fast_vit import FastViTDetection
+
+        try:
+            return FastViTDetection(vision, grid, compile_rope=compile_kernels,
+                                    gelu_epilogue=dtype in (torch.bfloat16, torch.float16))
+        except ValueError as e:  # e.g. padded windows at an unusual input size: sam3's own blocks
+            log.info("fast ViT not used (%s); running sam3's blocks", e)
     return vision
 
 

@@ -7,13 +7,13 @@ per-call constant is built on the host: sam3's encoder builds ``spatial_shapes``
 size the boxRPB bias (a device-to-host sync). Neither can be captured in a CUDA graph.
 
 :class:`EncDecGraphs` captures it once per class-count bucket (1, 2, 4, 8, 16) and prompt length,
-with static input and output buffers; a vocabulary of N classes runs as ⌈N/16⌉ replays with the last
-chunk padded up to its bucket.
+with static input and output buffers (the fast runtime captures
+:class:`dart_ros.runtime.fused_encdec.FusedEncDec` with it; GraphableEncDec is the plain-layer
+version, kept as the ONNX export's module and as the fused module's reference).
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -107,32 +107,29 @@ class GraphableEncDec(nn.Module):
 
 
 class EncDecGraphs:
-    """Bucketed CUDA graphs of :class:`GraphableEncDec` with static buffers.
+    """Bucketed CUDA graphs of an encoder-decoder module with static buffers.
 
+    ``module(img_feat, img_pos, prompt, geometry_token)`` takes a per-vocabulary prompt object with
+    the interface of :class:`dart_ros.runtime.fused_encdec.PromptCache` (class axis first:
+    ``len``, ``empty_like(n)``, ``copy_rows_(src, start, count)``, ``mask`` (N, T)). One graph is
+    captured per class-count bucket, prompt length and prompt mode; a vocabulary of N classes runs
+    as ⌈N/max bucket⌉ replays, the last chunk padded up to its bucket with a valid prompt.
     Replays run on the current stream and never synchronise the host. The returned tensors are
     fresh (cloned on the stream), so callers may keep them across replays.
     """
 
-    def __init__(self, module: GraphableEncDec, buckets: Sequence[int] = (1, 2, 4, 8, 16),
-                 autocast_dtype: Optional[torch.dtype] = None):
+    def __init__(self, module: nn.Module, buckets: Sequence[int] = (1, 2, 4, 8, 16)):
         self.module = module
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
-        self.autocast_dtype = autocast_dtype
         self.pool = torch.cuda.graph_pool_handle()
         # Own capture stream, hence own cuBLAS workspace (see BackboneGraphs.capture_stream).
         self.capture_stream = torch.cuda.Stream()
-        self._graphs: Dict[Tuple[int, int], tuple] = {}
+        self._graphs: Dict[Tuple[int, int, bool], tuple] = {}
         self._img: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     @property
     def max_bucket(self) -> int:
         return self.buckets[-1]
-
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        # No weight-cast cache: cached casts would live outside the graph's memory pool.
-        return torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
 
     def _static_image(self, img_feat, img_pos):
         if self._img is None or self._img[0].shape != img_feat.shape or self._img[0].dtype != img_feat.dtype:
@@ -141,42 +138,35 @@ class EncDecGraphs:
             self._img = (torch.empty_like(img_feat), torch.empty_like(img_pos))
         return self._img
 
-    def _capture(self, key, bucket: int, prompt: torch.Tensor, mask: torch.Tensor, geometry: bool):
+    def _capture(self, key, bucket: int, prompt, geometry: bool):
         feat, pos = self._img
-        static_prompt = prompt[:, :1].repeat(1, bucket, 1).contiguous()
-        static_mask = mask[:1].repeat(bucket, 1).contiguous()
+        static = prompt.empty_like(bucket)
         side = self.capture_stream
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), self._autocast():
+        with torch.cuda.stream(side):
             for _ in range(2):  # warm-up: lazily built caches, cuBLAS handles, autotuning
-                self.module(feat, pos, static_prompt, static_mask, geometry)
+                self.module(feat, pos, static, geometry)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=side), self._autocast():
-            outputs = self.module(feat, pos, static_prompt, static_mask, geometry)
-        entry = (graph, static_prompt, static_mask, outputs)
+        with torch.cuda.graph(graph, pool=self.pool, stream=side):
+            outputs = self.module(feat, pos, static, geometry)
+        entry = (graph, static, outputs)
         self._graphs[key] = entry
         return entry
 
-    def __call__(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt: torch.Tensor,
-                 prompt_mask: torch.Tensor, geometry_token: bool = False) -> EncDecOutput:
-        """``prompt``/``prompt_mask`` are the vocabulary's text tokens (T, N, C) / (N, T)."""
+    def __call__(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt, geometry_token: bool = False) -> EncDecOutput:
         feat, pos = self._static_image(img_feat, img_pos)
         feat.copy_(img_feat)
         pos.copy_(img_pos)
-        n, t = prompt.shape[1], prompt.shape[0]
+        n, t = len(prompt), prompt.mask.shape[1]
         parts = []
         for start in range(0, n, self.max_bucket):
             chunk = min(self.max_bucket, n - start)
             bucket = next(b for b in self.buckets if b >= chunk)
             key = (bucket, t, geometry_token)
-            entry = self._graphs.get(key) or self._capture(key, bucket, prompt, prompt_mask, geometry_token)
-            graph, static_prompt, static_mask, outputs = entry
-            static_prompt[:, :chunk].copy_(prompt[:, start:start + chunk])
-            static_mask[:chunk].copy_(prompt_mask[start:start + chunk])
-            if chunk < bucket:  # pad with a valid prompt (fully masked rows would be NaN); discarded
-                static_prompt[:, chunk:].copy_(prompt[:, start:start + 1].expand(-1, bucket - chunk, -1))
-                static_mask[chunk:].copy_(prompt_mask[start:start + 1].expand(bucket - chunk, -1))
+            entry = self._graphs.get(key) or self._capture(key, bucket, prompt, geometry_token)
+            graph, static, outputs = entry
+            static.copy_rows_(prompt, start, chunk)
             graph.replay()
             logits, boxes, presence = outputs
             parts.append(EncDecOutput(logits[:chunk].clone(), boxes[:chunk].clone(), presence[:chunk].clone()))

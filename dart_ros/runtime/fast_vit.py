@@ -1,0 +1,220 @@
+"""The SAM3 ViT trunk recomputed with fewer memory passes, for the CUDA fast path.
+
+Same parameters, same maths as ``sam3.model.vitdet.ViT`` (checked against it in fp32 by the
+tests); only the order of work changes:
+
+- **Window-major tokens.** The residual stream is permuted once, after the stem, so that the tokens
+  of each 24×24 window are contiguous. Windowed blocks then attend over plain views (no partition
+  / unpartition copies: two per windowed block in sam3), and global blocks attend over the same
+  permuted sequence with their RoPE tables permuted alike: attention is permutation-equivariant and
+  RoPE is a per-token rotation, so the result is the same. One inverse permutation at the end.
+- **RoPE in one compiled kernel** (``torch.compile``; or three ATen kernels: swap pairs, multiply,
+  fused multiply-add) for q and k together on the qkv projection's own layout, with the sign of
+  the rotation folded into the sine table, instead of ten strided kernels.
+- **GELU in the fc1 GEMM's epilogue** (reduced precision only; see ``_FastBlock._mlp``).
+- **Attention output without a copy**: fused SDPA returns its output in q's memory layout
+  (tokens-major here), so merging heads is a view.
+
+The profiler showed these copies and strided element-wise kernels taking about 45 % of the
+backbone's 18 ms on the H100, for no FLOPs (docs/benchmarks.md, "where the time goes").
+Pruned trunks are supported (skipped blocks and masked attention / MLP branches).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def rope_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE of the q and k parts of a (S, L, 3, H, D) qkv tensor -> (S, L, 2, H, D).
+
+    Rotating channel pairs (a, b) -> (a·cos − b·sin, b·cos + a·sin) is ``x·cos + swap(x)·sin_signed``
+    with the pairs swapped to (b, a) and sin_signed = (−sin, +sin) per pair (see :func:`_rope_tables`).
+    """
+    qk = qkv[:, :, :2]
+    swapped = qk.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(qk * cos, swapped, sin)
+
+
+class _CompiledRope:
+    """:func:`rope_qk` compiled into one Triton kernel; falls back to ATen for good on any failure.
+
+    The three ATen kernels make five strided passes over q and k (3.4 ms of the ViT-H backbone's
+    16 ms on the H100); the compiled kernel makes two. Compiling happens on the first call, which
+    the runners make before CUDA-graph capture.
+    """
+
+    def __init__(self):
+        self._fn = None
+        self._failed = False
+
+    def __call__(self, qkv, cos, sin):
+        if self._failed:
+            return rope_qk(qkv, cos, sin)
+        try:
+            if self._fn is None:
+                self._fn = torch.compile(rope_qk, dynamic=False, fullgraph=True)
+            return self._fn(qkv, cos, sin)
+        except Exception as e:  # no Triton, no compiler, an unsupported GPU: the ATen path is exact too
+            log.warning("compiling RoPE failed (%s); using ATen kernels", str(e).splitlines()[0][:200])
+            self._failed = True
+            return rope_qk(qkv, cos, sin)
+
+
+def rope_kernel(compiled: bool):
+    """The RoPE function the fast ViT calls: compiled (CUDA with Triton) or plain ATen."""
+    if compiled:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            log.info("Triton not installed: RoPE runs as ATen kernels")
+            return rope_qk
+        return _CompiledRope()
+    return rope_qk
+
+
+def window_major_order(grid: int, window: int) -> torch.Tensor:
+    """Row-major token index of each window-major position, for a ``grid``² map of ``window``² windows."""
+    n = grid // window
+    return torch.arange(grid * grid).view(n, window, n, window).permute(0, 2, 1, 3).reshape(-1)
+
+
+def _rope_tables(attn: nn.Module, order: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(L, 1, 1, D) cos and sign-folded sin tables of a RoPE attention, rows in token order ``order``.
+
+    RoPE rotates channel pairs (a, b) -> (a·cos − b·sin, b·cos + a·sin); with the pairs swapped to
+    (b, a), that is ``x·cos + swap(x)·sin_signed`` where sin_signed = (−sin, +sin) per pair.
+    """
+    if getattr(attn, "rope_cos", None) is not None:  # RealRopeAttention
+        cos, sin = attn.rope_cos.float(), attn.rope_sin.float()
+    else:
+        freqs = attn.freqs_cis
+        cos = freqs.real.repeat_interleave(2, dim=-1).float()
+        sin = freqs.imag.repeat_interleave(2, dim=-1).float()
+    sign = torch.tensor([-1.0, 1.0], device=sin.device).repeat(sin.shape[-1] // 2)
+    sin = sin * sign
+    if order is not None:
+        cos, sin = cos[order.to(cos.device)], sin[order.to(sin.device)]
+    return cos[:, None, None, :], sin[:, None, None, :]
+
+
+class _FastBlock(nn.Module):
+    """One ViT block (or a pruned one) over window-major tokens (1, L, C)."""
+
+    def __init__(self, block: nn.Module, grid: int, order: torch.Tensor, rope=rope_qk, gelu_epilogue: bool = False):
+        super().__init__()
+        self.rope = rope
+        self.gelu_epilogue = gelu_epilogue
+        self.has_attn = hasattr(block, "attn") and not isinstance(block, nn.Identity)
+        self.has_mlp = hasattr(block, "mlp") and not isinstance(block, nn.Identity)
+        self.window = block.window_size if self.has_attn or self.has_mlp else 0
+        if self.has_attn:
+            attn = block.attn
+            if getattr(attn, "use_rel_pos", False) or getattr(attn, "cls_token", False):
+                raise ValueError("the fast ViT supports the SAM3 ViT (RoPE, no rel-pos, no cls token)")
+            if not getattr(attn, "use_rope", True):
+                raise ValueError("the fast ViT expects RoPE attention")
+            self.norm1, self.qkv, self.proj, self.ls1 = block.norm1, attn.qkv, attn.proj, block.ls1
+            self.heads = attn.num_heads
+            cos, sin = _rope_tables(attn, None if self.window else order)
+            self.register_buffer("cos", cos.to(attn.qkv.weight.dtype), persistent=False)
+            self.register_buffer("sin", sin.to(attn.qkv.weight.dtype), persistent=False)
+        if self.has_mlp:
+            self.norm2, self.mlp, self.ls2 = block.norm2, block.mlp, block.ls2
+            if gelu_epilogue and not (isinstance(self.mlp.act, nn.GELU) and isinstance(self.mlp.norm, nn.Identity)):
+                self.gelu_epilogue = False  # only timm's Mlp with GELU and no hidden norm
+        self.grid = grid
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        seqs = b * (self.grid // self.window) ** 2 if self.window else b
+        qkv = self.qkv(self.norm1(x)).view(seqs, -1, 3, self.heads, c // self.heads)  # (S, L', 3, H, D)
+        qk = self.rope(qkv, self.cos, self.sin)  # rows: L'
+        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
+        v = qkv[:, :, 2].transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v)  # (S, H, L', D), tokens-major in memory
+        return self.proj(o.transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.has_attn:
+            x = x + self.ls1(self._attention(x))
+        if self.has_mlp:
+            x = x + self.ls2(self._mlp(self.norm2(x)))
+        return x
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.gelu_epilogue:
+            return self.mlp(x)
+        fc1 = self.mlp.fc1
+        # GELU in the GEMM epilogue (cuBLASLt; its tanh form, within 1e-3 of erf, far below bf16's
+        # resolution): saves a pass over the widest activation of the block.
+        h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
+        return self.mlp.fc2(h.view(*x.shape[:-1], -1))
+
+
+class FastViTTrunk(nn.Module):
+    """``trunk(x)[-1]`` of a SAM3 ViT, computed over window-major tokens. Shares the trunk's parameters.
+
+    Only for inference with an input grid that the window size divides (otherwise sam3 pads windows,
+    and the padded tokens take part in attention; use the trunk itself there).
+    """
+
+    def __init__(self, trunk: nn.Module, grid: int, compile_rope: bool = False, gelu_epilogue: bool = False):
+        super().__init__()
+        windows = {b.window_size for b in trunk.blocks if hasattr(b, "window_size") and b.window_size > 0}
+        if len(windows) > 1:
+            raise ValueError(f"the fast ViT needs one window size, got {sorted(windows)}")
+        window = windows.pop() if windows else grid
+        if grid % window:
+            raise ValueError(f"feature grid {grid} is not a multiple of the window size {window}")
+        if getattr(trunk, "retain_cls_token", False):
+            raise ValueError("the fast ViT does not support a retained cls token")
+        self.trunk = trunk
+        self.grid = grid
+        order = window_major_order(grid, window).to(trunk.patch_embed.proj.weight.device)
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("inverse", torch.argsort(order), persistent=False)
+        last = trunk.full_attn_ids[-1]
+        rope = rope_kernel(compile_rope)
+        self.blocks = nn.ModuleList(_FastBlock(b, grid, order, rope, gelu_epilogue) for b in list(trunk.blocks)[: last + 1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, C, P, P), as ``trunk(x)[-1]``."""
+        from sam3.model.vitdet import get_abs_pos
+
+        t = self.trunk
+        x = t.patch_embed(x)  # (B, P, P, C)
+        b, h, w, c = x.shape
+        if (h, w) != (self.grid, self.grid):
+            raise ValueError(f"input gives a {h}x{w} token grid; this trunk was prepared for {self.grid}")
+        if t.pos_embed is not None:
+            x = x + get_abs_pos(t.pos_embed, t.pretrain_use_cls_token, (h, w), t.retain_cls_token, tiling=t.tile_abs_pos)
+        x = t.ln_pre(x).reshape(b, h * w, c)[:, self.order]
+        for blk in self.blocks:
+            x = blk(x)
+        x = t.ln_post(x)[:, self.inverse]
+        return x.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+class FastViTDetection(nn.Module):
+    """``forward_detection`` of :class:`dart_ros.model.vit.DetectionViTNeck` on :class:`FastViTTrunk`."""
+
+    def __init__(self, neck: nn.Module, grid: int, compile_rope: bool = False, gelu_epilogue: bool = False):
+        super().__init__()
+        from dart_ros.model.vit import DETECTION_SCALE
+
+        self.neck = neck
+        self.fast_trunk = FastViTTrunk(neck.trunk, grid, compile_rope, gelu_epilogue)
+        self.conv = neck.convs[neck.scale_factors.index(DETECTION_SCALE)]
+
+    def forward_detection(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.fast_trunk(x))
+
+    forward = forward_detection
