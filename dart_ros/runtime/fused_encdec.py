@@ -7,8 +7,7 @@ encoder and decoder layers) compute, from the same parameters, but arranged for 
   compute dtype with activations in that dtype: no autocast, hence no per-call weight casts and no
   fp32 LayerNorm round trips (the profiler counted 535 cast kernels and fp32 LayerNorms over
   5,184·N tokens as a third of the enc-dec time). What decides boxes and scores stays fp32 as in
-  sam3: the reference boxes and their refinement, the query position head, the presence head and
-  the dot-product scoring.
+  sam3: the reference boxes and their refinement, the presence head and the dot-product scoring.
 - **The first encoder self-attention is shared by all classes.** Before the first cross-attention
   to the prompt, the image tokens do not depend on the class, so layer 0's self-attention (one
   sixth of the encoder's attention FLOPs) runs once per image instead of once per class.
@@ -157,6 +156,8 @@ class FusedEncDec(nn.Module):
         # The boxRPB MLPs run over N·Q·P positions per layer: worth the compute dtype.
         self.rpb_x = copy.deepcopy(dec.boxRPB_embed_x).to(dtype) if dec.boxRPB != "none" else None
         self.rpb_y = copy.deepcopy(dec.boxRPB_embed_y).to(dtype) if dec.boxRPB != "none" else None
+        # The query position head's output feeds compute-dtype layers only.
+        self.ref_head = copy.deepcopy(dec.ref_point_head).to(dtype)
         # bias[(n,h,q), (y,x)] = by[(n,h,q), y] + bx[(n,h,q), x] = [by | bx] @ E, E the 0/1 (2P, P²) matrix:
         # the outer sum as one GEMM that writes the bias contiguously (a broadcasting add runs ~10x
         # below bandwidth on 5-D offsets). Each output is the fp32 sum of two products by 1: exact.
@@ -276,7 +277,7 @@ class FusedEncDec(nn.Module):
         normed = None
         for i, layer in enumerate(self.dec_layers):
             sine = gen_sineembed_for_position(ref.transpose(0, 1), c).transpose(0, 1)
-            query_pos = torch.cat([zero_pos, dec.ref_point_head(sine).to(self.dtype)], dim=1)  # (N, 1+Q, C)
+            query_pos = torch.cat([zero_pos, _mlp(sine.to(self.dtype), self.ref_head)], dim=1)  # (N, 1+Q, C)
             t = torch.cat([presence, tgt], dim=1)
             t = _ln(t + _self_attention(layer.self_attn, t, query_pos), layer.norm2)
             kv = prompt.dec_kv[:, i]
