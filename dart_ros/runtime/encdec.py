@@ -135,7 +135,9 @@ class EncDecGraphs:
         if self._img is None or self._img[0].shape != img_feat.shape or self._img[0].dtype != img_feat.dtype:
             if self._graphs:
                 raise RuntimeError("image feature shape/dtype changed after graph capture")
-            self._img = (torch.empty_like(img_feat), torch.empty_like(img_pos))
+            # Contiguous whatever the first caller's layout: a graph's kernels are fixed at capture.
+            self._img = (torch.empty(img_feat.shape, dtype=img_feat.dtype, device=img_feat.device),
+                         torch.empty(img_pos.shape, dtype=img_pos.dtype, device=img_pos.device))
         return self._img
 
     def _capture(self, key, bucket: int, prompt, geometry: bool):

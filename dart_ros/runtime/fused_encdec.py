@@ -265,7 +265,10 @@ class FusedEncDec(nn.Module):
         n = len(cache)
         prompt = self._geometry(img_feat, img_pos, n, cache) if geometry_token else cache
         attend = (~prompt.mask)[:, None, None, :]  # (N, 1, 1, T) True = attend
-        memory = self._encoder(img_feat.transpose(0, 1).to(self.dtype), prompt, attend)  # (N, L, C)
+        # Contiguous tokens: a student's NCHW map arrives channel-major here, and the residual adds
+        # would carry that layout through every layer (measured: +20 % enc-dec time).
+        img = img_feat.transpose(0, 1).to(self.dtype).contiguous()
+        memory = self._encoder(img, prompt, attend)  # (N, L, C)
 
         dec = self.sam3.transformer.decoder
         c = dec.d_model
