@@ -77,3 +77,20 @@ def dump(cfg, path: str) -> None:
     """Write the resolved config next to an output (reproducibility)."""
     with open(path, "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1, default=str)
+
+
+def run_training_job(cls: Type[T], run, doc: str, argv=None) -> int:
+    """Main of an offline training job: flags of ``cls``, logging, ``<out_dir>/config.json`` written
+    once (rank 0 under torchrun), ``run(cfg)``'s summary printed."""
+    import logging
+    import os
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_flags(ap, cls)
+    cfg = dataclass_from_args(cls, ap.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        dump(cfg, os.path.join(cfg.out_dir, "config.json"))
+    print(run(cfg))
+    return 0

@@ -12,26 +12,14 @@ Resumes from <out-dir>/last.pt when present. Writes adapter_epoch{E}.pt / adapte
 DART student format, train_log.jsonl, summary.json, loss.png and the resolved config.json.
 """
 
-import argparse
-import logging
-import os
 import sys
 
-from dart_ros.cliutil import add_dataclass_flags, dataclass_from_args, dump
+from dart_ros.cliutil import run_training_job
 from dart_ros.training.distill import DistillConfig, run
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_flags(ap, DistillConfig)
-    cfg = dataclass_from_args(DistillConfig, ap.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        dump(cfg, os.path.join(cfg.out_dir, "config.json"))
-    summary = run(cfg)
-    print(summary)
-    return 0
+    return run_training_job(DistillConfig, run, __doc__, argv)
 
 
 if __name__ == "__main__":

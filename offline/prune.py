@@ -14,25 +14,14 @@ Writes prune_report.json/png, pruned_epoch{E}.pt, pruned_final.pt (DART pruned f
 the Detector's backbone_checkpoint), train_log.jsonl, loss.png, summary.json, config.json.
 """
 
-import argparse
-import logging
-import os
 import sys
 
-from dart_ros.cliutil import add_dataclass_flags, dataclass_from_args, dump
+from dart_ros.cliutil import run_training_job
 from dart_ros.training.prune import PruneConfig, run
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_flags(ap, PruneConfig)
-    cfg = dataclass_from_args(PruneConfig, ap.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        dump(cfg, os.path.join(cfg.out_dir, "config.json"))
-    print(run(cfg))
-    return 0
+    return run_training_job(PruneConfig, run, __doc__, argv)
 
 
 if __name__ == "__main__":
