@@ -27,12 +27,13 @@ class DetectorConfig:
         seed: random-weight seed.
     Runtime
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1`` …
-        precision: ``fp32``, ``bf16`` or ``fp16`` (reduced precision only on CUDA, via autocast).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (reduced precision only on CUDA: autocast in the eager runtime, weights and activations in that dtype in the fast one).
         allow_tf32: let fp32 matmuls use TF32 on Ampere+ (off: fp32 means fp32).
         max_classes_per_chunk: classes per encoder-decoder batch.
         runtime: ``auto`` (``fast`` on CUDA, ``eager`` elsewhere), ``eager`` (sam3 modules as
-            they are) or ``fast`` (CUDA: reduced-precision backbone weights, real-valued RoPE, CUDA
-            graphs for the backbone and per class-count bucket for the encoder-decoder).
+            they are) or ``fast`` (CUDA: fused ViT and encoder-decoder in the chosen precision,
+            CUDA graphs for the backbone and per class-count bucket for the encoder-decoder;
+            docs/detector.md).
         cuda_graphs: capture CUDA graphs in the fast runtime (off: same code, eager launches).
         compile_kernels: fast runtime on CUDA: compile the ViT's RoPE into one Triton kernel with
             ``torch.compile`` (about 15 s once at start-up; off, or without Triton: three ATen kernels).

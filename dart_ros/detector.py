@@ -339,7 +339,9 @@ class Detector:
             img_feat = encdec.flatten_features(feat)
             img_pos = self._pos.to(img_feat.dtype)
             official = self.config.prompt_mode == "official"
-            cache = vocab.prompt_cache or self._ed_module.prompt_cache(vocab.text, vocab.mask)
+            cache = vocab.prompt_cache
+            if cache is None:  # a Vocabulary built before the fast runtime existed
+                cache = self._ed_module.prompt_cache(vocab.text, vocab.mask)
             if self._ed is not None:
                 return self._ed(img_feat, img_pos, cache, official)
             return encdec.EncDecOutput(*self._ed_module(img_feat, img_pos, cache, official))
