@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dart_ros.model.rope_attention import use_real_rope
+from dart_ros.runtime.compiled import disable_compiled
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,18 @@ def prepare_backbone(vision: nn.Module, dtype: Optional[torch.dtype], grid: Opti
     """Weights cast to ``dtype`` (if given); a ViT also gets real-valued RoPE and, when ``grid`` (the
     token grid side) is tiled by its windows, runs as :class:`~dart_ros.runtime.fast_vit.FastViTDetection`.
 
-    Returns the module whose ``forward_detection`` the runner calls (parameters shared with ``vision``).
+    A student becomes a :class:`~dart_ros.runtime.fast_student.FastStudentDetection` (its own
+    re-parameterised, channels-last copy of the weights; ``vision`` stays as it is).
+
+    Returns the module whose ``forward_detection`` the runner calls (for a ViT, parameters shared
+    with ``vision``).
     """
+    from dart_ros.model.student import StudentBackbone
+
+    if isinstance(vision, StudentBackbone):
+        from dart_ros.runtime.fast_student import FastStudentDetection
+
+        return FastStudentDetection(vision, dtype, compile_kernels=compile_kernels)
     trunk = getattr(vision, "trunk", None)
     if trunk is not None:
         use_real_rope(trunk)
@@ -69,6 +80,20 @@ class BackboneGraphs:
             self.graphs.append(None)
 
     def _capture(self, slot: int) -> None:
+        try:
+            self._capture_once(slot)
+        except RuntimeError as e:
+            # Compiled code that does something capture forbids (seen: TinyViT compiled, torch
+            # 2.11): capture the same module eagerly into a fresh pool instead of failing.
+            if not disable_compiled(self.vision):
+                raise
+            log.warning("CUDA-graph capture of the compiled backbone failed (%s); capturing it without "
+                        "compiled kernels", str(e).splitlines()[0][:160])
+            torch.cuda.synchronize()
+            self.pools[slot] = torch.cuda.graph_pool_handle()
+            self._capture_once(slot)
+
+    def _capture_once(self, slot: int) -> None:
         x = self.inputs[slot]
         side = self.capture_stream
         side.wait_stream(torch.cuda.current_stream())

@@ -14,6 +14,7 @@ version, kept as the ONNX export's module and as the fused module's reference).
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -21,6 +22,9 @@ from torch import nn
 
 from dart_ros.model.encdec import EncDecOutput
 from dart_ros.model.encdec import geometry_token as encdec_geometry_token
+from dart_ros.runtime.compiled import disable_compiled
+
+log = logging.getLogger(__name__)
 
 
 class _NoWeightsMHA(nn.MultiheadAttention):
@@ -141,6 +145,18 @@ class EncDecGraphs:
         return self._img
 
     def _capture(self, key, bucket: int, prompt, geometry: bool):
+        try:
+            return self._capture_once(key, bucket, prompt, geometry)
+        except RuntimeError as e:  # as BackboneGraphs._capture: retry without compiled code
+            if not disable_compiled(self.module):
+                raise
+            log.warning("CUDA-graph capture of the compiled encoder-decoder failed (%s); capturing it "
+                        "without compiled kernels", str(e).splitlines()[0][:160])
+            torch.cuda.synchronize()
+            self.pool = torch.cuda.graph_pool_handle()
+            return self._capture_once(key, bucket, prompt, geometry)
+
+    def _capture_once(self, key, bucket: int, prompt, geometry: bool):
         feat, pos = self._img
         static = prompt.empty_like(bucket)
         side = self.capture_stream

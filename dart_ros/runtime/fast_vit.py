@@ -22,14 +22,13 @@ Pruned trunks are supported (skipped blocks and masked attention / MLP branches)
 
 from __future__ import annotations
 
-import logging
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from dart_ros.runtime.compiled import maybe_compiled
 
 
 def rope_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -43,41 +42,13 @@ def rope_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Te
     return torch.addcmul(qk * cos, swapped, sin)
 
 
-class _CompiledRope:
-    """:func:`rope_qk` compiled into one Triton kernel; falls back to ATen for good on any failure.
+def rope_kernel(compiled: bool):
+    """The RoPE function the fast ViT calls: compiled into one Triton kernel, or plain ATen.
 
     The three ATen kernels make five strided passes over q and k (3.4 ms of the ViT-H backbone's
-    16 ms on the H100); the compiled kernel makes two. Compiling happens on the first call, which
-    the runners make before CUDA-graph capture.
+    16 ms on the H100); the compiled kernel makes two.
     """
-
-    def __init__(self):
-        self._fn = None
-        self._failed = False
-
-    def __call__(self, qkv, cos, sin):
-        if self._failed:
-            return rope_qk(qkv, cos, sin)
-        try:
-            if self._fn is None:
-                self._fn = torch.compile(rope_qk, dynamic=False, fullgraph=True)
-            return self._fn(qkv, cos, sin)
-        except Exception as e:  # no Triton, no compiler, an unsupported GPU: the ATen path is exact too
-            log.warning("compiling RoPE failed (%s); using ATen kernels", str(e).splitlines()[0][:200])
-            self._failed = True
-            return rope_qk(qkv, cos, sin)
-
-
-def rope_kernel(compiled: bool):
-    """The RoPE function the fast ViT calls: compiled (CUDA with Triton) or plain ATen."""
-    if compiled:
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            log.info("Triton not installed: RoPE runs as ATen kernels")
-            return rope_qk
-        return _CompiledRope()
-    return rope_qk
+    return maybe_compiled(rope_qk, "RoPE", compiled, dynamic=False, fullgraph=True)
 
 
 def window_major_order(grid: int, window: int) -> torch.Tensor:

@@ -19,6 +19,9 @@ encoder and decoder layers) compute, from the same parameters, but arranged for 
   (vectorised kernels instead of broadcasting ones); the q/k projections of a self-attention share
   one GEMM; the decoder's keys use one ``memory + pos`` for all layers; the boxRPB bias is written
   once, in the attention's dtype and layout, with the presence token's zero row in place.
+- **Compiled stages** (``compile_stages``): the encoder and decoder loops go through
+  ``torch.compile``, which fuses the residual adds, LayerNorms, casts and the decoder's many small
+  element-wise ops into Triton kernels (GEMMs and attention stay on cuBLAS / cuDNN).
 
 Checked against GraphableEncDec (and through it sam3's own layers) in fp32 by the tests.
 """
@@ -33,6 +36,8 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dart_ros.runtime.compiled import maybe_compiled
 
 
 @dataclasses.dataclass
@@ -135,9 +140,12 @@ class FusedEncDec(nn.Module):
         feature_size: P, the side of the feature grid.
         img_pos: (P², 1, C) position encoding of the image tokens.
         dtype: compute dtype of the encoder and decoder layers.
+        compile_stages: run the encoder and decoder loops through ``torch.compile`` (falls back to
+            eager on any compile failure; see :mod:`dart_ros.runtime.compiled`).
     """
 
-    def __init__(self, sam3: nn.Module, feature_size: int, img_pos: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, sam3: nn.Module, feature_size: int, img_pos: torch.Tensor, dtype: torch.dtype,
+                 compile_stages: bool = False):
         super().__init__()
         self.sam3 = sam3
         self.p = feature_size
@@ -172,6 +180,10 @@ class FusedEncDec(nn.Module):
         self.register_buffer("coords_h", coords_h, persistent=False)
         self.register_buffer("coords_w", coords_w, persistent=False)
         self._pos_expanded: Dict[int, torch.Tensor] = {}
+        # Automatic dynamic shapes: one compile for N = 1 and one for all larger buckets (and prompt
+        # lengths). Specialising per bucket measured no faster and exceeds dynamo's recompile limit.
+        self.run_encoder = maybe_compiled(self._encoder, "encoder layers", compile_stages, dynamic=None)
+        self.run_decoder = maybe_compiled(self._decoder, "decoder layers", compile_stages, dynamic=None)
 
     # ----------------------------------------------------------------------- vocabulary time
 
@@ -218,9 +230,10 @@ class FusedEncDec(nn.Module):
             torch.cat([cache.mask, geo_mask.expand(n, -1)], dim=1),
         )
 
-    def _encoder(self, img: torch.Tensor, prompt: PromptCache, attend_mask: torch.Tensor) -> torch.Tensor:
+    def _encoder(self, img: torch.Tensor, prompt: PromptCache, attend_mask: torch.Tensor,
+                 pos: torch.Tensor) -> torch.Tensor:
         n = len(prompt)
-        pos1, pos = self.pos[None], self._pos_n(n)
+        pos1 = self.pos[None]
         x = img  # (1, L, C): class-independent until the first cross-attention
         for i, layer in enumerate(self.enc_layers):
             if i == 0:
@@ -233,6 +246,41 @@ class FusedEncDec(nn.Module):
             x = x + _out(ca, _attend(q, kv[..., :c], kv[..., c:], ca.num_heads, attend_mask))
             x = x + _ffn(_ln(x, layer.norm3), layer)
         return x
+
+    def _decoder(self, memory: torch.Tensor, prompt: PromptCache, attend: torch.Tensor, pos: torch.Tensor):
+        """(N, L, C) encoder memory -> last layer's normed queries (N, Q, C) fp32, boxes (N, Q, 4)
+        cxcywh fp32, presence token (N, 1, C)."""
+        from sam3.model.model_misc import gen_sineembed_for_position, inverse_sigmoid
+
+        n = len(prompt)
+        dec = self.sam3.transformer.decoder
+        c = dec.d_model
+        mem_keys = memory + pos  # the same keys' input for every layer
+        tgt = dec.query_embed.weight.to(self.dtype)[None].expand(n, -1, -1)
+        ref = dec.reference_points.weight.sigmoid()[None].expand(n, -1, -1)  # fp32 (N, Q, 4)
+        presence = dec.presence_token.weight.to(self.dtype)[None].expand(n, -1, -1)
+        zero_pos = torch.zeros_like(presence)
+        normed = None
+        for i, layer in enumerate(self.dec_layers):
+            sine = gen_sineembed_for_position(ref.transpose(0, 1), c).transpose(0, 1)
+            query_pos = torch.cat([zero_pos, _mlp(sine.to(self.dtype), self.ref_head)], dim=1)  # (N, 1+Q, C)
+            t = torch.cat([presence, tgt], dim=1)
+            t = _ln(t + _self_attention(layer.self_attn, t, query_pos), layer.norm2)
+            kv = prompt.dec_kv[:, i]
+            ct = layer.ca_text
+            t = _ln(t + _out(ct, _attend(_proj(ct, t + query_pos, 0, 1), kv[..., :c], kv[..., c:], ct.num_heads, attend)),
+                    layer.catext_norm)
+            ca = layer.cross_attn
+            bias = self._rpb_bias(ref, t.shape[1]) if dec.boxRPB != "none" else None
+            o = _attend(_proj(ca, t + query_pos, 0, 1), _proj(ca, mem_keys, 1, 2), _proj(ca, memory, 2, 3),
+                        ca.num_heads, bias)
+            t = _ln(t + _out(ca, o), layer.norm1)
+            t = _ln(t + _ffn(t, layer), layer.norm3)
+            presence, tgt = t[:, :1], t[:, 1:]
+            normed = _ln(tgt.float(), dec.norm)
+            # Box refinement in fp32; after the last layer this is the final box.
+            ref = (inverse_sigmoid(ref) + dec.bbox_embed(normed)).sigmoid()
+        return normed, ref, presence
 
     def _rpb_bias(self, ref: torch.Tensor, out_rows: int) -> torch.Tensor:
         """(N, H, 1+Q, L) boxRPB bias of reference boxes (N, Q, 4) cxcywh, zero row for the presence token."""
@@ -260,43 +308,16 @@ class FusedEncDec(nn.Module):
         """Args: img_feat, img_pos (P², 1, C) seq-first; ``cache`` of the N classes; geometry_token:
         append the image-conditioned geometry CLS token (official prompt mode).
         Returns: logits (N, Q) fp32, boxes (N, Q, 4) cxcywh fp32, presence logits (N,) fp32."""
-        from sam3.model.model_misc import gen_sineembed_for_position, inverse_sigmoid
-
         n = len(cache)
         prompt = self._geometry(img_feat, img_pos, n, cache) if geometry_token else cache
         attend = (~prompt.mask)[:, None, None, :]  # (N, 1, 1, T) True = attend
         # Contiguous tokens: a student's NCHW map arrives channel-major here, and the residual adds
         # would carry that layout through every layer (measured: +20 % enc-dec time).
         img = img_feat.transpose(0, 1).to(self.dtype).contiguous()
-        memory = self._encoder(img, prompt, attend)  # (N, L, C)
-
+        pos = self._pos_n(n)  # (N, L, C), built outside the compiled functions
+        memory = self.run_encoder(img, prompt, attend, pos)  # (N, L, C)
+        normed, ref, presence = self.run_decoder(memory, prompt, attend, pos)
         dec = self.sam3.transformer.decoder
-        c = dec.d_model
-        mem_keys = memory + self._pos_n(n)  # the same keys' input for every layer
-        tgt = dec.query_embed.weight.to(self.dtype)[None].expand(n, -1, -1)
-        ref = dec.reference_points.weight.sigmoid()[None].expand(n, -1, -1)  # fp32 (N, Q, 4)
-        presence = dec.presence_token.weight.to(self.dtype)[None].expand(n, -1, -1)
-        zero_pos = torch.zeros_like(presence)
-        normed = None
-        for i, layer in enumerate(self.dec_layers):
-            sine = gen_sineembed_for_position(ref.transpose(0, 1), c).transpose(0, 1)
-            query_pos = torch.cat([zero_pos, _mlp(sine.to(self.dtype), self.ref_head)], dim=1)  # (N, 1+Q, C)
-            t = torch.cat([presence, tgt], dim=1)
-            t = _ln(t + _self_attention(layer.self_attn, t, query_pos), layer.norm2)
-            kv = prompt.dec_kv[:, i]
-            ct = layer.ca_text
-            t = _ln(t + _out(ct, _attend(_proj(ct, t + query_pos, 0, 1), kv[..., :c], kv[..., c:], ct.num_heads, attend)),
-                    layer.catext_norm)
-            ca = layer.cross_attn
-            bias = self._rpb_bias(ref, t.shape[1]) if dec.boxRPB != "none" else None
-            o = _attend(_proj(ca, t + query_pos, 0, 1), _proj(ca, mem_keys, 1, 2), _proj(ca, memory, 2, 3),
-                        ca.num_heads, bias)
-            t = _ln(t + _out(ca, o), layer.norm1)
-            t = _ln(t + _ffn(t, layer), layer.norm3)
-            presence, tgt = t[:, :1], t[:, 1:]
-            normed = _ln(tgt.float(), dec.norm)
-            # Box refinement in fp32; after the last layer this is the final box.
-            ref = (inverse_sigmoid(ref) + dec.bbox_embed(normed)).sigmoid()
         presence_logits = dec.presence_token_head(dec.presence_token_out_norm(presence.float()))[:, 0, 0]
         return self._scores(normed, prompt), ref, presence_logits
 
