@@ -173,6 +173,9 @@ class Detector:
         from dart_ros.runtime.backbone import BackboneGraphs, prepare_backbone
 
         dtype = self._autocast_dtype or torch.float32
+        # One fixed input size: let cuDNN time its algorithms once (during the warm-up before graph
+        # capture) instead of trusting its heuristics (the ViT's patch conv, a student's convs).
+        torch.backends.cudnn.benchmark = True
         vision = prepare_backbone(self.model.vision, self._autocast_dtype, self.model.feature_size,
                                   self.config.compile_kernels)
         self._bb = BackboneGraphs(vision, self.image_size, self.device, dtype, slots=2,
@@ -186,7 +189,8 @@ class Detector:
         if self._ed_module is None:
             skip_attention_weights(self.model.sam3.geometry_encoder)
             self._ed_module = FusedEncDec(self.model.sam3, self.model.feature_size, self._pos,
-                                          self._autocast_dtype or torch.float32)
+                                          self._autocast_dtype or torch.float32,
+                                          compile_stages=self.config.compile_encdec)
         if not self.config.cuda_graphs:
             self._ed = None
             return
@@ -355,6 +359,29 @@ class Detector:
                 for s in range(0, prompt.shape[1], chunk)
             ]
         return encdec.EncDecOutput.cat(parts)
+
+    @torch.inference_mode()
+    def warm_up(self) -> float:
+        """Capture every CUDA graph (both backbone slots, every class-count bucket in the current
+        prompt mode) and run every compile now, so that neither the first frame nor the first frame
+        after a vocabulary change stalls. Needs no vocabulary. Returns the seconds it took; a no-op
+        outside the fast runtime."""
+        if not self._fast:
+            return 0.0
+        t0 = time.perf_counter()
+        s = self.image_size
+        pixels = torch.zeros(1, 3, s, s, device=self.device)
+        feats = [self._backbone(pixels, slot) for slot in (0, 1)]
+        arch = self.model.arch
+        # Any prompt of the right length captures the same graphs; the values do not matter.
+        text = torch.zeros(arch.context_length, 1, arch.d_model, device=self.device)
+        mask = torch.zeros(1, arch.context_length, dtype=torch.bool, device=self.device)
+        one = self._ed_module.prompt_cache(text, mask)
+        buckets = self._ed.buckets if self._ed is not None else (1,)
+        for b in buckets:
+            self.encode_decode(feats[0], Vocabulary(("",) * b, 0, text, mask, one.empty_like(b)))
+        self._sync()
+        return time.perf_counter() - t0
 
     def _require_vocab(self) -> Vocabulary:
         v = self._vocab

@@ -125,6 +125,39 @@ def test_fast_vit_rejects_a_grid_the_windows_do_not_tile():
         FastViTTrunk(m.vision.trunk, m.feature_size)
 
 
+@pytest.mark.parametrize("timm_name", ["repvit_m2_3", "tiny_vit_21m_224", "test_convnext"])
+def test_fast_student_equals_the_student(timm_name):
+    """Re-parameterised, channels-last copy == the student's detection level (fp32); the student is
+    left as it was (still trainable, same module tree)."""
+    from dart_ros.model.arch import TINY
+    from dart_ros.model.student import StudentBackbone
+    from dart_ros.runtime.backbone import prepare_backbone
+    from dart_ros.runtime.fast_student import FastStudentDetection
+
+    torch.manual_seed(0)
+    student = StudentBackbone(timm_name, TINY, image_size=224).eval()
+    for m in student.modules():  # non-trivial BatchNorm statistics: the conv-BN fusion must use them
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_(1.0, 0.2)
+            m.bias.data.normal_(0.0, 0.2)
+    modules_before = [type(m) for m in student.modules()]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        want = student.forward_detection(x)
+        fast = prepare_backbone(student, None)
+        got = fast.forward_detection(x)
+    assert isinstance(fast, FastStudentDetection)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    # NHWC features are already the encoder-decoder's token-major layout: no copy on the way.
+    assert encdec.flatten_features(got).transpose(0, 1).is_contiguous()
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
+    assert [type(m) for m in student.modules()] == modules_before
+    if timm_name == "repvit_m2_3":
+        assert sum(1 for _ in fast.modules()) < 0.7 * len(modules_before)
+
+
 def test_submit_on_cpu_returns_each_frame_with_its_metadata(rng):
     det = make_detector(confidence_threshold=0.0)
     det.set_classes(["person"])
@@ -147,6 +180,44 @@ def test_fast_runtime_requires_cuda():
 
 
 # ----------------------------------------------------------------------------------------- GPU
+
+
+def test_compiled_fused_encdec_equals_eager(tiny_detector, rng):
+    """torch.compile of the encoder and decoder loops (CPU inductor here, Triton on CUDA) changes
+    only how the element-wise work is fused, not the numbers. (One shape: each is a compile.)"""
+    from dart_ros.runtime.fused_encdec import FusedEncDec
+
+    det = tiny_detector
+    det.set_classes(list(COCO_CLASSES[40:45]))
+    feat = det.features(det.preprocess(random_image(rng))[0])
+    with torch.inference_mode():
+        img_feat = encdec.flatten_features(feat)
+        v = det.vocabulary
+        eager = FusedEncDec(det.model.sam3, det.model.feature_size, det._pos, torch.float32)
+        compiled = FusedEncDec(det.model.sam3, det.model.feature_size, det._pos, torch.float32, compile_stages=True)
+        cache = eager.prompt_cache(v.text, v.mask)
+        want = eager(img_feat, det._pos, cache, True)
+        got = compiled(img_feat, det._pos, cache, True)
+    for g, w, name in zip(got, want, ("logits", "boxes", "presence")):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=0, msg=name)
+    assert not compiled.run_encoder.failed and not compiled.run_decoder.failed
+
+
+def test_disable_compiled_switches_every_compiled_part_to_eager():
+    """The graph runners' fallback: after a failed capture, every compiled part runs eagerly."""
+    from dart_ros.model.arch import TINY
+    from dart_ros.model.student import StudentBackbone
+    from dart_ros.runtime.compiled import CompiledOrEager, disable_compiled
+    from dart_ros.runtime.fast_student import FastStudentDetection
+
+    fast = FastStudentDetection(StudentBackbone("test_convnext", TINY, image_size=112).eval(), compile_kernels=True)
+    assert isinstance(fast._run, CompiledOrEager) and not fast._run.failed
+    x = torch.randn(1, 3, 112, 112)
+    with torch.inference_mode():
+        assert disable_compiled(fast)
+        assert fast._run.failed and fast._run._compiled is None  # never compiled: eager from now on
+        assert not disable_compiled(fast)  # nothing left to switch
+        torch.testing.assert_close(fast.forward_detection(x), fast._forward(x))
 
 
 def match_detections(a, b, iou_min=0.99):
@@ -207,6 +278,19 @@ def test_cuda_graphs_equal_eager_launches(rng):
         ra, rb = a.encode_decode(fa), b.encode_decode(fa)
         torch.testing.assert_close(rb.logits, ra.logits, atol=1e-4, rtol=0)
         torch.testing.assert_close(rb.boxes, ra.boxes, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+def test_warm_up_captures_every_graph_before_the_first_frame(rng):
+    det = make_detector("repvit_m2_3", device="cuda", precision="bf16", max_classes_per_chunk=8)
+    assert det.warm_up() > 0
+    assert sorted(k[0] for k in det._ed._graphs) == [1, 2, 4, 8]
+    assert all(g is not None for g in det._bb.graphs)
+    before = set(det._ed._graphs)
+    for n in (3, 8, 11):
+        det.set_classes(list(COCO_CLASSES[:n]))
+        det.detect(random_image(rng, 480, 640))
+    assert set(det._ed._graphs) == before  # nothing captured on the way
 
 
 @pytest.mark.gpu

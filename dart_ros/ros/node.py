@@ -73,6 +73,9 @@ class DetectorWiring:
         self.detector = Detector(det_cfg)
         info = self.detector.describe()
         log.info("model ready: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+        took = self.detector.warm_up()  # graphs and compiles now, not on the first frames
+        if took:
+            log.info(f"warmed up in {took:.1f} s (CUDA graphs captured, kernels compiled)")
         if self.detector.random_weights:
             log.warning("NO sam3_checkpoint GIVEN: the model has RANDOM weights; detections are meaningless")
 

@@ -1,0 +1,150 @@
+"""Probes behind two fast-runtime decisions (CUDA; random ViT-H weights; prints and writes JSON).
+
+    python offline/runtime_probe.py compile --mode auto --out artifacts/probe
+    python offline/runtime_probe.py overlap --classes 1 4 --out artifacts/probe
+
+compile   enc-dec graph replay time at 1/4/16/80 classes and the start-up cost of capturing every
+          bucket in both prompt modes, with the encoder/decoder loops eager (``off``) or compiled
+          with static (``static``: one specialisation per bucket) or automatic dynamic shapes
+          (``auto``, what ``compile_encdec`` uses). One mode per process: dynamo's caches are global.
+overlap   does the two-stream pipeline overlap the stages? Sequential and pipelined frame times
+          (numpy and GPU-resident frames) next to the stage graphs alone, sequential and replayed
+          on two streams with only events between them. If the latter is close to the sum of the
+          stages, the GPU is saturated and pipelining can only hide host time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Callable, Dict
+
+import numpy as np
+import torch
+
+from dart_ros.coco import COCO_CLASSES
+from dart_ros.config import DetectorConfig
+from dart_ros.detector import Detector
+
+
+def median_ms(fn: Callable[[], object], iters: int = 30, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def frames(count: int = 4):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def probe_compile(mode: str) -> Dict[str, object]:
+    import dart_ros.runtime.fused_encdec as fused
+
+    if mode == "static":  # the alternative compile_encdec does not use, for comparison
+        auto = fused.maybe_compiled
+        fused.maybe_compiled = lambda fn, name, enabled, **o: auto(fn, name, enabled, dynamic=False)
+    t0 = time.perf_counter()
+    det = Detector(DetectorConfig(backbone="vit_h", device="cuda", precision="bf16", runtime="fast",
+                                  compile_encdec=mode != "off"))
+    feat = det.features(det.preprocess(frames(1)[0])[0])
+    row: Dict[str, object] = {"mode": mode, "build_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    for n in (1, 2, 4, 8, 16):  # every bucket in both prompt modes: the worst-case start-up
+        det.set_classes(list(COCO_CLASSES[:n]))
+        for prompt_mode in ("official", "text_only"):
+            det.update(prompt_mode=prompt_mode)
+            det.encode_decode(feat)
+    det.update(prompt_mode="official")
+    torch.cuda.synchronize()
+    row["all_buckets_first_s"] = time.perf_counter() - t0
+    for n in (1, 4, 16, 80):
+        det.set_classes(list(COCO_CLASSES[:n]))
+        row[f"encdec_ms@{n}"] = median_ms(lambda: det.encode_decode(feat))
+    m = det._ed_module
+    row["compile_failed"] = [getattr(f, "failed", None) for f in (m.run_encoder, m.run_decoder)]
+    return row
+
+
+def probe_overlap(classes) -> Dict[str, object]:
+    det = Detector(DetectorConfig(backbone="vit_h", device="cuda", precision="bf16", runtime="fast"))
+    det.warm_up()
+    host = frames()
+    gpu = [torch.from_numpy(f).cuda() for f in host]
+    px = det.preprocess(host[0])[0]
+    out: Dict[str, object] = {}
+    for n in classes:
+        det.set_classes(list(COCO_CLASSES[:n]))
+        vocab = det.vocabulary
+        row = {"sequential_ms": median_ms(lambda: det.detect(host[0])),
+               "sequential_gpu_frame_ms": median_ms(lambda: det.detect(gpu[0]))}
+        for name, fr in (("numpy", host), ("gpu", gpu)):
+            for f in fr:
+                det.submit(f)
+            det.flush()
+            torch.cuda.synchronize()
+            k = 40
+            t0 = time.perf_counter()
+            for i in range(k):
+                det.submit(fr[i % len(fr)])
+            det.flush()
+            torch.cuda.synchronize()
+            row[f"pipelined_{name}_ms"] = (time.perf_counter() - t0) * 1e3 / k
+        feat = det._bb.run(px, 0).clone()
+        row["backbone_ms"] = median_ms(lambda: det._bb.run(px, 0))
+        row["encdec_ms"] = median_ms(lambda: det.encode_decode(feat, vocab))
+        row["stages_sequential_ms"] = median_ms(lambda: det.encode_decode(det._bb.run(px, 0), vocab))
+        a, b = torch.cuda.Stream(), torch.cuda.Stream()
+        k = 20
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(k):  # timing only: slot reuse is not guarded here
+            with torch.cuda.stream(a):
+                det._bb.graphs[i % 2].replay()
+                done = torch.cuda.Event()
+                done.record()
+            with torch.cuda.stream(b):
+                b.wait_event(done)
+                det.encode_decode(det._bb.outputs[i % 2], vocab)
+        torch.cuda.synchronize()
+        row["stages_two_streams_ms"] = (time.perf_counter() - t0) * 1e3 / k
+        out[f"classes={n}"] = row
+        print(n, json.dumps(row), flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("probe", choices=("compile", "overlap"))
+    ap.add_argument("--mode", default="auto", choices=("off", "static", "auto"), help="compile probe")
+    ap.add_argument("--classes", nargs="+", type=int, default=[1, 4], help="overlap probe")
+    ap.add_argument("--out", default="artifacts/probe")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("runtime_probe needs a CUDA GPU")
+    if args.probe == "compile":
+        result = probe_compile(args.mode)
+        name = f"compile_{args.mode}"
+    else:
+        result = probe_overlap(args.classes)
+        name = "overlap"
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "result": result}
+    print(json.dumps(result, indent=1))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
