@@ -5,7 +5,6 @@
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
@@ -14,19 +13,7 @@ from dart_ros.config import DetectorConfig
 from dart_ros.detector import Detector
 from dart_ros.coco import COCO_CLASSES
 from dart_ros.reference import reference_outputs
-
-
-def timed(fn, iters=10, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(ts))
+from dart_ros.runtime.timing import cuda_median_ms
 
 
 def main():
@@ -40,14 +27,14 @@ def main():
     img = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
     px, _ = det.preprocess(img)
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "backbone": a.backbone}
-    res["backbone_ms"] = timed(lambda: det.features(px))
+    res["backbone_ms"] = cuda_median_ms(lambda: det.features(px))
     feat = det.features(px)
     for n in a.classes:
         det.set_classes(list(COCO_CLASSES[:n]))
-        res[f"encdec_ms_{n}"] = timed(lambda: det.encode_decode(feat))
-        res[f"detect_ms_{n}"] = timed(lambda: det.detect(img))
+        res[f"encdec_ms_{n}"] = cuda_median_ms(lambda: det.encode_decode(feat))
+        res[f"detect_ms_{n}"] = cuda_median_ms(lambda: det.detect(img))
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            res[f"naive_ms_{n}"] = timed(lambda: reference_outputs(det.model.sam3, px, list(COCO_CLASSES[:n])), iters=3, warmup=1)
+            res[f"naive_ms_{n}"] = cuda_median_ms(lambda: reference_outputs(det.model.sam3, px, list(COCO_CLASSES[:n])), iters=3, warmup=1)
     print(json.dumps(res, indent=1))
     if a.out:
         json.dump(res, open(a.out, "w"), indent=1)

@@ -19,7 +19,7 @@ import argparse
 import json
 import os
 import time
-from typing import Callable, Dict
+from typing import Dict
 
 import numpy as np
 import torch
@@ -27,19 +27,7 @@ import torch
 from dart_ros.coco import COCO_CLASSES
 from dart_ros.config import DetectorConfig
 from dart_ros.detector import Detector
-
-
-def median_ms(fn: Callable[[], object], iters: int = 30, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+from dart_ros.runtime.timing import cuda_median_ms
 
 
 def frames(count: int = 4):
@@ -69,7 +57,7 @@ def probe_compile(mode: str) -> Dict[str, object]:
     row["all_buckets_first_s"] = time.perf_counter() - t0
     for n in (1, 4, 16, 80):
         det.set_classes(list(COCO_CLASSES[:n]))
-        row[f"encdec_ms@{n}"] = median_ms(lambda: det.encode_decode(feat))
+        row[f"encdec_ms@{n}"] = cuda_median_ms(lambda: det.encode_decode(feat))
     m = det._ed_module
     row["compile_failed"] = [getattr(f, "failed", None) for f in (m.run_encoder, m.run_decoder)]
     return row
@@ -85,8 +73,8 @@ def probe_overlap(classes) -> Dict[str, object]:
     for n in classes:
         det.set_classes(list(COCO_CLASSES[:n]))
         vocab = det.vocabulary
-        row = {"sequential_ms": median_ms(lambda: det.detect(host[0])),
-               "sequential_gpu_frame_ms": median_ms(lambda: det.detect(gpu[0]))}
+        row = {"sequential_ms": cuda_median_ms(lambda: det.detect(host[0])),
+               "sequential_gpu_frame_ms": cuda_median_ms(lambda: det.detect(gpu[0]))}
         for name, fr in (("numpy", host), ("gpu", gpu)):
             for f in fr:
                 det.submit(f)
@@ -100,9 +88,9 @@ def probe_overlap(classes) -> Dict[str, object]:
             torch.cuda.synchronize()
             row[f"pipelined_{name}_ms"] = (time.perf_counter() - t0) * 1e3 / k
         feat = det._bb.run(px, 0).clone()
-        row["backbone_ms"] = median_ms(lambda: det._bb.run(px, 0))
-        row["encdec_ms"] = median_ms(lambda: det.encode_decode(feat, vocab))
-        row["stages_sequential_ms"] = median_ms(lambda: det.encode_decode(det._bb.run(px, 0), vocab))
+        row["backbone_ms"] = cuda_median_ms(lambda: det._bb.run(px, 0))
+        row["encdec_ms"] = cuda_median_ms(lambda: det.encode_decode(feat, vocab))
+        row["stages_sequential_ms"] = cuda_median_ms(lambda: det.encode_decode(det._bb.run(px, 0), vocab))
         a, b = torch.cuda.Stream(), torch.cuda.Stream()
         k = 20
         torch.cuda.synchronize()
