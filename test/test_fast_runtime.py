@@ -220,6 +220,28 @@ def test_disable_compiled_switches_every_compiled_part_to_eager():
         torch.testing.assert_close(fast.forward_detection(x), fast._forward(x))
 
 
+def test_failed_capture_is_retried_once_without_compiled_code():
+    from dart_ros.model.arch import TINY
+    from dart_ros.model.student import StudentBackbone
+    from dart_ros.runtime.compiled import capture_with_eager_fallback
+    from dart_ros.runtime.fast_student import FastStudentDetection
+
+    fast = FastStudentDetection(StudentBackbone("test_convnext", TINY, image_size=112).eval(), compile_kernels=True)
+    calls, pools = [], []
+
+    def capture():  # fails while the compiled path is in use, as a broken capture would
+        calls.append(fast._run.failed)
+        if not fast._run.failed:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return "graph"
+
+    assert capture_with_eager_fallback(fast, "student", capture, lambda: pools.append(1)) == "graph"
+    assert calls == [False, True] and pools == [1]
+    # Nothing compiled left to switch off: the error is the caller's.
+    with pytest.raises(RuntimeError, match="boom"):
+        capture_with_eager_fallback(fast, "student", lambda: (_ for _ in ()).throw(RuntimeError("boom")), lambda: None)
+
+
 def match_detections(a, b, iou_min=0.99):
     """Greedy same-class matching by IoU; returns matched (i, j, iou) pairs."""
     from torchvision.ops import box_iou

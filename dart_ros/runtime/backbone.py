@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dart_ros.model.rope_attention import use_real_rope
-from dart_ros.runtime.compiled import disable_compiled
+from dart_ros.runtime.compiled import capture_with_eager_fallback
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +80,10 @@ class BackboneGraphs:
             self.graphs.append(None)
 
     def _capture(self, slot: int) -> None:
-        try:
-            self._capture_once(slot)
-        except RuntimeError as e:
-            # Compiled code that does something capture forbids (seen: TinyViT compiled, torch
-            # 2.11): capture the same module eagerly into a fresh pool instead of failing.
-            if not disable_compiled(self.vision):
-                raise
-            log.warning("CUDA-graph capture of the compiled backbone failed (%s); capturing it without "
-                        "compiled kernels", str(e).splitlines()[0][:160])
-            torch.cuda.synchronize()
+        def fresh_pool():
             self.pools[slot] = torch.cuda.graph_pool_handle()
-            self._capture_once(slot)
+
+        capture_with_eager_fallback(self.vision, "backbone", lambda: self._capture_once(slot), fresh_pool)
 
     def _capture_once(self, slot: int) -> None:
         x = self.inputs[slot]

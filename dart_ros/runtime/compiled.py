@@ -10,11 +10,12 @@ eager function, which computes the same thing, is used from then on.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def triton_available() -> bool:
@@ -63,6 +64,26 @@ def disable_compiled(module: torch.nn.Module) -> bool:
             if isinstance(v, CompiledOrEager) and not v.failed:
                 v.failed = found = True
     return found
+
+
+def capture_with_eager_fallback(module: torch.nn.Module, what: str, capture: Callable[[], T],
+                                fresh_pool: Callable[[], None]) -> T:
+    """Run a graph runner's ``capture()``; if it fails and ``module`` holds compiled code, switch
+    that code to eager and capture once more into a fresh pool (``fresh_pool()``) instead of failing.
+
+    Seen: compiled code that recompiles inside capture (TinyViT's lazily filled caches, torch 2.11).
+    """
+    try:
+        return capture()
+    except RuntimeError as e:
+        if not disable_compiled(module):
+            raise
+        log.warning("CUDA-graph capture of the compiled %s failed (%s); capturing it without compiled "
+                    "kernels", what, str(e).splitlines()[0][:160])
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        fresh_pool()
+        return capture()
 
 
 def maybe_compiled(fn: Callable, name: str, enabled: bool, **options) -> Callable:

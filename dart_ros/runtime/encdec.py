@@ -14,7 +14,6 @@ version, kept as the ONNX export's module and as the fused module's reference).
 
 from __future__ import annotations
 
-import logging
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -22,9 +21,7 @@ from torch import nn
 
 from dart_ros.model.encdec import EncDecOutput
 from dart_ros.model.encdec import geometry_token as encdec_geometry_token
-from dart_ros.runtime.compiled import disable_compiled
-
-log = logging.getLogger(__name__)
+from dart_ros.runtime.compiled import capture_with_eager_fallback
 
 
 class _NoWeightsMHA(nn.MultiheadAttention):
@@ -145,16 +142,11 @@ class EncDecGraphs:
         return self._img
 
     def _capture(self, key, bucket: int, prompt, geometry: bool):
-        try:
-            return self._capture_once(key, bucket, prompt, geometry)
-        except RuntimeError as e:  # as BackboneGraphs._capture: retry without compiled code
-            if not disable_compiled(self.module):
-                raise
-            log.warning("CUDA-graph capture of the compiled encoder-decoder failed (%s); capturing it "
-                        "without compiled kernels", str(e).splitlines()[0][:160])
-            torch.cuda.synchronize()
+        def fresh_pool():
             self.pool = torch.cuda.graph_pool_handle()
-            return self._capture_once(key, bucket, prompt, geometry)
+
+        return capture_with_eager_fallback(self.module, "encoder-decoder",
+                                           lambda: self._capture_once(key, bucket, prompt, geometry), fresh_pool)
 
     def _capture_once(self, key, bucket: int, prompt, geometry: bool):
         feat, pos = self._img
