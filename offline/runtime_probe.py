@@ -2,6 +2,7 @@
 
     python offline/runtime_probe.py compile --mode auto --out artifacts/probe
     python offline/runtime_probe.py overlap --classes 1 4 --out artifacts/probe
+    python offline/runtime_probe.py attention --classes 1 4 16 80 --out artifacts/probe
 
 compile   enc-dec graph replay time at 1/4/16/80 classes and the start-up cost of capturing every
           bucket in both prompt modes, with the encoder/decoder loops eager (``off``) or compiled
@@ -11,6 +12,11 @@ overlap   does the two-stream pipeline overlap the stages? Sequential and pipeli
           (numpy and GPU-resident frames) next to the stage graphs alone, sequential and replayed
           on two streams with only events between them. If the latter is close to the sum of the
           stages, the GPU is saturated and pipelining can only hide host time.
+attention the encoder self-attention alone (N classes × 5,184 tokens, 8 heads of 32; q and k as
+          halves of one GEMM output, as the enc-dec calls it): SDPA (cuDNN) against every block
+          configuration of the Triton kernel (``dart_ros.runtime.attention``) with and without
+          the polynomial exponentials, and the autotuned pick; kernel time by CUDA events, TFLOP/s,
+          max error against fp32; then the whole enc-dec graph with the kernel off and on.
 """
 
 from __future__ import annotations
@@ -110,11 +116,82 @@ def probe_overlap(classes) -> Dict[str, object]:
     return out
 
 
+def _events_ms(fn, reps: int = 20) -> float:
+    """GPU time per call: ``reps`` back-to-back calls between two events, median of 5 such runs."""
+    fn()
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(5):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(reps):
+            fn()
+        b.record()
+        b.synchronize()
+        runs.append(a.elapsed_time(b) / reps)
+    return float(np.median(runs))
+
+
+def probe_attention(classes) -> Dict[str, object]:
+    import triton
+
+    from dart_ros.runtime import attention as att
+
+    tokens, heads, d = 5184, 8, 32
+    c = heads * d
+    out: Dict[str, object] = {}
+    for n in classes:
+        g = torch.Generator(device="cuda").manual_seed(n)
+        qk = torch.randn(n, tokens, 2 * c, device="cuda", dtype=torch.bfloat16, generator=g)
+        v = torch.randn(n, tokens, c, device="cuda", dtype=torch.bfloat16, generator=g)
+        q, k = qk[..., :c], qk[..., c:]
+        m = min(n, 2)  # the fp32 reference on the first classes only (memory)
+        ref = att.attention(q[:m].float(), k[:m].float(), v[:m].float(), heads)
+        flop = 4 * n * heads * tokens * tokens * d
+
+        def row(fn):
+            ms = _events_ms(fn)
+            err = (fn()[:m].float() - ref).abs().max().item()
+            return {"ms": round(ms, 4), "tflops": round(flop / ms / 1e9, 1), "max_err": err}
+
+        att.set_kernel_enabled(False)
+        res = {"sdpa": row(lambda: att.attention(q, k, v, heads))}
+        att.set_kernel_enabled(True)
+        for cfg in att._configs():
+            name = "bm{BLOCK_M}_bn{BLOCK_N}_poly{POLY}".format(**cfg.kwargs) + f"_w{cfg.num_warps}_s{cfg.num_stages}"
+            try:
+                res[name] = row(lambda: att.launch(q, k, v, heads, cfg))
+            except (triton.runtime.errors.OutOfResources, RuntimeError) as e:
+                res[name] = {"error": str(e)[:120]}
+        res["autotuned"] = row(lambda: att.attention(q, k, v, heads))
+        res["autotuned_config"] = str(att._tuned_kernel.best_config)
+        out[f"classes={n}"] = res
+        best = min((r["ms"], k_) for k_, r in res.items() if isinstance(r, dict) and "ms" in r)
+        print(f"{n} classes: sdpa {res['sdpa']['ms']:.3f} ms ({res['sdpa']['tflops']} TFLOP/s), "
+              f"best {best[1]} {best[0]:.3f} ms, autotuned {res['autotuned']['ms']:.3f} ms "
+              f"({res['autotuned']['tflops']} TFLOP/s, err {res['autotuned']['max_err']:.2e} vs sdpa "
+              f"{res['sdpa']['max_err']:.2e})", flush=True)
+        del qk, v, ref
+    feat = None
+    for enabled in (False, True):  # the whole enc-dec graph, kernel off then on
+        att.set_kernel_enabled(enabled)
+        det = Detector(DetectorConfig(backbone="vit_h", device="cuda", precision="bf16", runtime="fast"))
+        feat = det.features(det.preprocess(frames(1)[0])[0])
+        for n in classes:
+            det.set_classes(list(COCO_CLASSES[:n]))
+            out.setdefault(f"encdec_ms@{n}", {})["kernel" if enabled else "sdpa"] = \
+                cuda_median_ms(lambda: det.encode_decode(feat))
+        print("enc-dec", "kernel" if enabled else "sdpa",
+              {n: round(out[f"encdec_ms@{n}"]["kernel" if enabled else "sdpa"], 3) for n in classes}, flush=True)
+        del det
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("compile", "overlap"))
+    ap.add_argument("probe", choices=("compile", "overlap", "attention"))
     ap.add_argument("--mode", default="auto", choices=("off", "static", "auto"), help="compile probe")
-    ap.add_argument("--classes", nargs="+", type=int, default=[1, 4], help="overlap probe")
+    ap.add_argument("--classes", nargs="+", type=int, default=[1, 4], help="overlap and attention probes")
     ap.add_argument("--out", default="artifacts/probe")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -122,9 +199,12 @@ def main(argv=None) -> int:
     if args.probe == "compile":
         result = probe_compile(args.mode)
         name = f"compile_{args.mode}"
-    else:
+    elif args.probe == "overlap":
         result = probe_overlap(args.classes)
         name = "overlap"
+    else:
+        result = probe_attention(args.classes)
+        name = "attention"
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "result": result}
     print(json.dumps(result, indent=1))

@@ -31,12 +31,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dart_ros.runtime.attention import attention
 from dart_ros.runtime.compiled import maybe_compiled
 
 
@@ -80,16 +81,7 @@ def _ln(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-            mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(N, Lq, C) queries over (N, Lk, C) keys/values, ``heads`` heads, tokens-major in and out."""
-    n, lq, c = q.shape
-    d = c // heads
-    q = q.reshape(n, lq, heads, d).transpose(1, 2)
-    k = k.reshape(n, k.shape[1], heads, d).transpose(1, 2)
-    v = v.reshape(n, v.shape[1], heads, d).transpose(1, 2)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return o.transpose(1, 2).reshape(n, lq, c)
+_attend = attention  # (N, Lq, C) over (N, Lk, C), tokens-major; the encoder self-attention on our kernel
 
 
 def _linear_relu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
