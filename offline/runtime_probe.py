@@ -14,8 +14,8 @@ overlap   does the two-stream pipeline overlap the stages? Sequential and pipeli
           stages, the GPU is saturated and pipelining can only hide host time.
 attention the encoder self-attention alone (N classes × 5,184 tokens, 8 heads of 32; q and k as
           halves of one GEMM output, as the enc-dec calls it): SDPA (cuDNN) against every block
-          configuration of the Triton kernel (``dart_ros.runtime.attention``) with and without
-          the polynomial exponentials, and the autotuned pick; kernel time by CUDA events, TFLOP/s,
+          configuration of the Triton kernel (``dart_ros.runtime.attention``) and the autotuned
+          pick; kernel time by CUDA events, TFLOP/s,
           max error against fp32; then the whole enc-dec graph with the kernel off and on.
 """
 
@@ -158,7 +158,7 @@ def probe_attention(classes) -> Dict[str, object]:
         res = {"sdpa": row(lambda: att.attention(q, k, v, heads))}
         att.set_kernel_enabled(True)
         for cfg in att._configs():
-            name = "bm{BLOCK_M}_bn{BLOCK_N}_poly{POLY}".format(**cfg.kwargs) + f"_w{cfg.num_warps}_s{cfg.num_stages}"
+            name = "bm{BLOCK_M}_bn{BLOCK_N}".format(**cfg.kwargs) + f"_w{cfg.num_warps}_s{cfg.num_stages}"
             try:
                 res[name] = row(lambda: att.launch(q, k, v, heads, cfg))
             except (triton.runtime.errors.OutOfResources, RuntimeError) as e:

@@ -1,25 +1,24 @@
 """Self-attention over many tokens with small heads: a Triton flash-attention kernel for the encoder.
 
 Why a kernel of our own: the enc-dec's dominant cost is the encoder self-attention over the 5,184
-image tokens of every class, 8 heads of dimension 32. At that head dimension every score costs only
-128 multiply-adds of tensor-core work but one exponential, and the H100's exponential unit (16 per
-clock and multiprocessor, a sixteenth of its FP32 rate) becomes the bottleneck: the best kernel
-torch offers (cuDNN) runs at ~210 TFLOP/s there, ~40 % of what the exponential unit alone allows.
+image tokens of every class, 8 heads of dimension 32. The best kernel torch offers for that shape
+(cuDNN) runs at ~210 TFLOP/s on the H100; this one, FlashAttention's online softmax written for
+that shape and autotuned, at ~270 (``offline/runtime_probe.py attention``; docs/benchmarks.md):
 
-What this kernel does about it (FlashAttention's online softmax, plus):
-
-- **Half the exponentials on the FMA units.** Key/value blocks are taken in pairs; the first of each
-  pair uses the hardware ``exp2``, the second a cubic polynomial on the FP32 pipe with the power of
-  two put into the exponent bits (round-to-integer by the 1.5·2²³ trick, no conversion
-  instructions), so both units work in parallel. The polynomial's relative error (7.5e-5, fitted
-  on [-½, ½]) is far below the bf16 rounding the probabilities get before the P·V product.
 - **Token-major in and out.** Reads q, k, v straight from the (N, L, heads·d) projections (any
   strides, e.g. q and k as halves of one GEMM's output) and writes (N, L, heads·d): no transposes.
-- The softmax scale is folded into the exponent's FMA; statistics and accumulation stay fp32.
+- Small query tiles (autotuned; 64 rows won at 1–16 classes) keep many programs per SM at this
+  head dimension; the softmax scale and log2(e) fold into one FMA before ``exp2``; statistics and
+  accumulation stay fp32, probabilities are rounded to the input dtype for P·V as in FlashAttention.
+
+Tried and dropped (measured slower at every block configuration, 5–20 %): computing half of the
+exponentials with a polynomial on the FMA pipe (FlashAttention-4's trick against the exponential
+unit's 1/16 rate); in Triton the extra instructions cost more than the unit's parallelism gave.
 
 :func:`attention` is the entry point: it uses the kernel on CUDA for fp16/bf16 inputs without a mask
-at head dimensions 16–128 (powers of two) over at least :data:`MIN_TOKENS` tokens, and ``F.scaled_dot_product_attention`` otherwise, so every
-other path (CPU, fp32 checks, masked cross-attention) is unchanged. The kernel is registered as a
+at head dimensions 16–128 (powers of two) over at least :data:`MIN_TOKENS` tokens, and
+``F.scaled_dot_product_attention`` otherwise, so every other path (CPU, fp32 checks, masked
+cross-attention, the decoder's 201 queries) is unchanged. The kernel is registered as a
 ``torch.library`` custom op so ``torch.compile`` treats it as one opaque call and CUDA graphs
 capture it. Block sizes are autotuned per (tokens, head dimension) on the first call, which the
 graph runners make before capture.
@@ -42,31 +41,17 @@ except ImportError:  # CPU-only installs: attention() falls back to SDPA
 
 
 def _configs():
-    out = []
-    for bm, bn, warps, stages in ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4),
-                                  (64, 64, 4, 3), (64, 128, 4, 3), (128, 128, 4, 2), (256, 64, 8, 3)):
-        for poly in (0, 1):
-            out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "POLY": poly}, num_warps=warps,
-                                     num_stages=stages))
-    return out
+    # (BLOCK_M, BLOCK_N, warps, stages): the measured front-runners and their neighbours.
+    shapes = ((64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3),
+              (128, 64, 4, 3), (128, 64, 8, 4), (128, 32, 4, 4), (128, 128, 8, 3))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
 
 
 if triton is not None:
 
     @triton.jit
-    def _exp2_poly(x):
-        """2^x for x <= 0 on the FMA pipe: 2^j · p(f), x = j + f, j integer, |f| <= 1/2."""
-        x = tl.maximum(x, -125.0)  # keeps j + exponent(p) a normal float
-        t = x + 12582912.0  # 1.5 * 2^23: the sum's low mantissa bits hold round(x)
-        f = x - (t - 12582912.0)
-        # near-minimax cubic for 2^f on [-1/2, 1/2] (relative error 7.5e-5; Lawson-weighted least squares)
-        p = ((0.05517132 * f + 0.24261054) * f + 0.69326097) * f + 0.99992812
-        j_shifted = t.to(tl.int32, bitcast=True) << 23  # round(x) << 23 (the magic's bits shift out)
-        return (p.to(tl.int32, bitcast=True) + j_shifted).to(tl.float32, bitcast=True)
-
-    @triton.jit
     def _block(q, k_ptrs, v_ptrs, start, L, m_i, l_i, acc, qk_scale, stride_kl, stride_vl,
-               BLOCK_N: tl.constexpr, USE_POLY: tl.constexpr, MASK: tl.constexpr):
+               BLOCK_N: tl.constexpr, MASK: tl.constexpr):
         offs_n = start + tl.arange(0, BLOCK_N)
         if MASK:
             k = tl.load(k_ptrs + start * stride_kl, mask=offs_n[None, :] < L, other=0.0)
@@ -78,11 +63,7 @@ if triton is not None:
         if MASK:
             s = tl.where(offs_n[None, :] < L, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        x = s * qk_scale - m_new[:, None]
-        if USE_POLY:
-            p = _exp2_poly(x)
-        else:
-            p = tl.math.exp2(x)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
@@ -91,8 +72,7 @@ if triton is not None:
     @triton.jit
     def _attention_kernel(Q, K, V, O, L, H, qk_scale,
                           s_qn, s_ql, s_kn, s_kl, s_vn, s_vl, s_on, s_ol,
-                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          POLY: tl.constexpr):
+                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_nh = tl.program_id(1)
         n = pid_nh // H
@@ -108,15 +88,11 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-        pairs_end = (L // (2 * BLOCK_N)) * (2 * BLOCK_N)
-        for start in range(0, pairs_end, 2 * BLOCK_N):
-            m_i, l_i, acc = _block(q, k_ptrs, v_ptrs, start, L, m_i, l_i, acc, qk_scale, s_kl, s_vl,
-                                   BLOCK_N, False, False)
-            m_i, l_i, acc = _block(q, k_ptrs, v_ptrs, start + BLOCK_N, L, m_i, l_i, acc, qk_scale, s_kl, s_vl,
-                                   BLOCK_N, POLY == 1, False)
-        for start in range(pairs_end, L, BLOCK_N):  # at most two tail blocks, the last one partial
-            m_i, l_i, acc = _block(q, k_ptrs, v_ptrs, start, L, m_i, l_i, acc, qk_scale, s_kl, s_vl,
-                                   BLOCK_N, False, True)
+        full_end = (L // BLOCK_N) * BLOCK_N
+        for start in range(0, full_end, BLOCK_N):
+            m_i, l_i, acc = _block(q, k_ptrs, v_ptrs, start, L, m_i, l_i, acc, qk_scale, s_kl, s_vl, BLOCK_N, False)
+        if full_end < L:  # the partial last block, masked
+            m_i, l_i, acc = _block(q, k_ptrs, v_ptrs, full_end, L, m_i, l_i, acc, qk_scale, s_kl, s_vl, BLOCK_N, True)
         o = acc / l_i[:, None]
         tl.store(O + n * s_on + offs_m[:, None] * s_ol + head + offs_d[None, :], o.to(O.dtype.element_ty),
                  mask=offs_m[:, None] < L)
