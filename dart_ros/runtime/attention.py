@@ -47,6 +47,11 @@ def _configs():
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
 
 
+def _grid_bias_configs():
+    shapes = ((64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (32, 64, 4, 3))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
+
+
 if triton is not None:
 
     @triton.jit
@@ -99,6 +104,57 @@ if triton is not None:
 
     _tuned_kernel = triton.autotune(configs=_configs(), key=["L", "HEAD_DIM"])(_attention_kernel)
 
+    @triton.jit
+    def _grid_bias_kernel(Q, K, V, BY, BX, ACC, ML, Lq, Lk, H, P, ROW0, qk_scale, keys_per_split,
+                          s_qn, s_ql, s_kn, s_kl, s_vn, s_vl, s_bn, s_bq, s_bp, s_bh,
+                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_nh = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        n = pid_nh // H
+        h = pid_nh % H
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        head = h * HEAD_DIM
+        q = tl.load(Q + n * s_qn + offs_m[:, None] * s_ql + head + offs_d[None, :], mask=offs_m[:, None] < Lq,
+                    other=0.0)
+        rows = offs_m - ROW0  # bias rows; the leading ROW0 queries (the presence token) have none
+        has_bias = (rows >= 0) & (offs_m < Lq)
+        b_row = n * s_bn + rows * s_bq + h * s_bh
+        lo = pid_s * keys_per_split
+        hi = tl.minimum(lo + keys_per_split, Lk)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for start in range(lo, hi, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            valid = offs_n < hi
+            k = tl.load(K + n * s_kn + offs_n[None, :] * s_kl + head + offs_d[:, None], mask=valid[None, :],
+                        other=0.0)
+            v = tl.load(V + n * s_vn + offs_n[:, None] * s_vl + head + offs_d[None, :], mask=valid[:, None],
+                        other=0.0)
+            s = tl.dot(q, k)
+            # key (y, x) = divmod(key, P): its bias is by[q, y] + bx[q, x], read from the (small,
+            # cache-resident) per-row tables instead of a materialised (N, H, Q, P²) bias.
+            yi = offs_n // P
+            bmask = has_bias[:, None] & valid[None, :]
+            b = tl.load(BY + b_row[:, None] + yi[None, :] * s_bp, mask=bmask, other=0.0).to(tl.float32) + \
+                tl.load(BX + b_row[:, None] + (offs_n - yi * P)[None, :] * s_bp, mask=bmask, other=0.0).to(tl.float32)
+            x = tl.where(valid[None, :], s * qk_scale + b * 1.4426950408889634, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(x, 1))
+            p = tl.math.exp2(x - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        base = (pid_s * tl.num_programs(1) + pid_nh) * Lq + offs_m  # (S, N·H, Lq) partials, fp32
+        tl.store(ACC + base[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=offs_m[:, None] < Lq)
+        tl.store(ML + base * 2, m_i, mask=offs_m < Lq)
+        tl.store(ML + base * 2 + 1, l_i, mask=offs_m < Lq)
+
+    _tuned_grid_bias_kernel = triton.autotune(configs=_grid_bias_configs(), key=["Lq", "Lk", "HEAD_DIM", "keys_per_split"])(
+        _grid_bias_kernel)
+
 
 def _token_major(t: torch.Tensor) -> bool:
     return t.dim() == 3 and t.stride(-1) == 1
@@ -136,6 +192,74 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
 @flash_attention.register_fake
 def _(q, k, v, heads):
     return q.new_empty(q.shape)
+
+
+def _key_splits(lq: int, lk: int, programs: int, device: torch.device) -> int:
+    """Key splits so that the few query rows of the decoder (201) still give every SM work."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    return max(1, min(math.ceil(2 * sms / programs), lk // 512))
+
+
+def launch_grid_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, by: torch.Tensor, bx: torch.Tensor,
+                     heads: int, config: Optional["triton.Config"] = None,
+                     splits: Optional[int] = None) -> torch.Tensor:
+    """Attention with a separable key-grid bias, computed on the fly; see :func:`grid_bias_attention`.
+    ``config``/``splits``: fixed block sizes and key splits (probes, tests); default autotuned / by SM count."""
+    n, lq, c = q.shape
+    lk = k.shape[1]
+    d = c // heads
+    p = by.shape[2]
+    splits = splits or _key_splits(lq, lk, math.ceil(lq / 64) * n * heads, q.device)
+    keys_per_split = math.ceil(math.ceil(lk / splits) / 128) * 128  # whole blocks but the last
+    splits = math.ceil(lk / keys_per_split)
+    acc = torch.empty(splits, n * heads, lq, d, device=q.device, dtype=torch.float32)
+    ml = torch.empty(splits, n * heads, lq, 2, device=q.device, dtype=torch.float32)
+    qk_scale = (1.0 / math.sqrt(d)) * 1.4426950408889634
+    args = (q, k, v, by, bx, acc, ml, lq, lk, heads, p, lq - by.shape[1], qk_scale, keys_per_split,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            by.stride(0), by.stride(1), by.stride(2), by.stride(3))
+    if config is None:
+        grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), n * heads, splits)  # noqa: E731
+        _tuned_grid_bias_kernel[grid](*args, HEAD_DIM=d)
+    else:
+        grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), n * heads, splits)
+        _grid_bias_kernel[grid](*args, HEAD_DIM=d, num_warps=config.num_warps, num_stages=config.num_stages,
+                                **config.kwargs)
+    m, l_ = ml.unbind(-1)  # merge the splits' partial softmaxes (log2 domain)
+    w = torch.exp2(m - m.amax(0))
+    o = (acc * w[..., None]).sum(0) / (l_ * w).sum(0)[..., None]  # (N·H, Lq, d)
+    return o.view(n, heads, lq, d).transpose(1, 2).reshape(n, lq, c).to(q.dtype)
+
+
+@torch.library.custom_op("dart_ros::grid_bias_attention", mutates_args=())
+def grid_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, by: torch.Tensor, bx: torch.Tensor,
+                        heads: int) -> torch.Tensor:
+    """softmax(q·kᵀ/√d + bias)·v where key j sits at (y, x) = divmod(j, P) of a P×P grid and
+    ``bias[n, h, i, j] = by[n, i', y, h] + bx[n, i', x, h]`` with ``i' = i - (Lq - Q)``: the bias of
+    the last Q of the Lq queries (the leading ones, sam3's presence token, get none).
+
+    q (N, Lq, H·d); k, v (N, P², H·d), token-major, any row strides; by, bx (N, Q, P, H). This is
+    sam3's boxRPB cross-attention of the decoder without its (N, H, Lq, P²) bias tensor (1.3 GB per
+    layer at 80 classes), with the few query rows spread over key splits so that the GPU fills.
+    """
+    return launch_grid_bias(q, k, v, by, bx, heads)
+
+
+@grid_bias_attention.register_fake
+def _(q, k, v, by, bx, heads):
+    return q.new_empty(q.shape)
+
+
+def grid_bias_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, by: torch.Tensor, bx: torch.Tensor,
+                        heads: int) -> bool:
+    if not _enabled or triton is None or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if not (q.dtype == k.dtype == v.dtype) or not all(_token_major(t) for t in (q, k, v)):
+        return False
+    d = q.shape[-1] // heads
+    p = by.shape[2]
+    return (d * heads == q.shape[-1] and d in (16, 32, 64, 128) and k.shape[1] == p * p and by.shape == bx.shape
+            and by.stride() == bx.stride() and by.shape[-1] == heads)
 
 
 def kernel_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
