@@ -24,48 +24,29 @@ def _reference(q, k, v, heads, bias=None):
     return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias).transpose(1, 2).reshape(n, lq, c)
 
 
-def _grid_bias(by, bx, lq):
-    """The (N, H, Lq, P²) bias that grid_bias_attention stands for, materialised in fp32."""
-    n, q, p, heads = by.shape
-    bias = torch.zeros(n, heads, lq, p, p)
-    bias[:, :, lq - q:] = by.float().permute(0, 3, 1, 2)[..., :, None] + bx.float().permute(0, 3, 1, 2)[..., None, :]
-    return bias.reshape(n, heads, lq, p * p)
-
-
 def check_flash_kernel() -> None:
     from dart_ros.runtime import attention as att
 
     torch.manual_seed(0)
-    # (tokens, heads, head dim, dtype, BLOCK_M, BLOCK_N): partial last query and key blocks included
-    for length, heads, d, dtype, bm, bn in ((200, 2, 32, torch.float32, 32, 16), (256, 1, 16, torch.float16, 64, 32),
-                                            (77, 2, 64, torch.float32, 16, 16)):
-        qk = torch.randn(2, length, 2 * heads * d).to(dtype)  # q and k as halves of one projection
-        q, k = qk[..., : heads * d], qk[..., heads * d:] * 3
-        v = torch.randn(2, length, heads * d).to(dtype)
-        out = att.launch(q, k, v, heads, triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=2))
-        err = (out.float() - _reference(q, k, v, heads)).abs().max().item()
-        tol = 2e-3 if dtype == torch.float16 else 2e-5
-        assert err < tol, (length, heads, d, dtype, err)
-
-
-def check_grid_bias_kernel() -> None:
-    from dart_ros.runtime import attention as att
-
-    torch.manual_seed(0)
-    # (classes, grid side P, biased queries Q, unbiased leading queries, heads, d, dtype, BLOCK_M, BLOCK_N, splits)
-    for n, p, nq, row0, heads, d, dtype, bm, bn, splits in (
-            (2, 12, 9, 1, 2, 32, torch.float32, 16, 32, 1), (2, 24, 20, 1, 2, 32, torch.float32, 32, 64, 4),
-            (1, 24, 20, 0, 1, 16, torch.float16, 32, 64, 2), (3, 20, 6, 1, 2, 32, torch.float32, 32, 128, 3)):
-        lq = nq + row0
-        q = torch.randn(n, lq, 2 * heads * d)[..., : heads * d].to(dtype)
-        k = (torch.randn(n, p * p, heads * d) * 2).to(dtype)
-        v = torch.randn(n, p * p, heads * d).to(dtype)
-        by, bx = ((torch.randn(n, nq, p, heads) * 3).to(dtype) for _ in range(2))
+    # (queries, keys, heads, head dim, dtype, key mask, BLOCK_M, BLOCK_N): partial last blocks included
+    for lq, lk, heads, d, dtype, masked, bm, bn in (
+            (200, 200, 2, 32, torch.float32, False, 32, 16), (256, 256, 1, 16, torch.float16, False, 64, 32),
+            (77, 77, 2, 64, torch.float32, False, 16, 16), (150, 33, 2, 32, torch.float32, True, 32, 16),
+            (64, 40, 1, 32, torch.float16, True, 32, 64)):
+        qk = torch.randn(2, lq, 2 * heads * d).to(dtype)  # q as half of one projection
+        q = qk[..., : heads * d]
+        k = (torch.randn(2, lk, heads * d) * 3).to(dtype)
+        v = torch.randn(2, lk, heads * d).to(dtype)
+        mask = None
+        if masked:  # text prompts of different lengths, padded
+            mask = torch.ones(2, 1, 1, lk, dtype=torch.bool)
+            mask[0, ..., lk // 2:] = False
+            mask[1, ..., 5:9] = False
         cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=2)
-        out = att.launch_grid_bias(q, k, v, by, bx, heads, cfg, splits=splits)
-        err = (out.float() - _reference(q, k, v, heads, _grid_bias(by, bx, lq))).abs().max().item()
+        out = att.launch(q, k, v, heads, att._key_mask(mask, q, k), cfg)
+        err = (out.float() - _reference(q, k, v, heads, mask)).abs().max().item()
         tol = 2e-3 if dtype == torch.float16 else 2e-5
-        assert err < tol, (n, p, nq, row0, dtype, splits, err)
+        assert err < tol, (lq, lk, heads, d, dtype, masked, err)
 
 
 def _interpret(check: str) -> None:
@@ -78,10 +59,6 @@ def _interpret(check: str) -> None:
 
 def test_flash_kernel_matches_sdpa_in_the_interpreter():
     _interpret("check_flash_kernel")
-
-
-def test_grid_bias_kernel_matches_a_materialised_bias_in_the_interpreter():
-    _interpret("check_grid_bias_kernel")
 
 
 def test_attention_uses_sdpa_where_the_kernel_does_not_apply():
@@ -97,29 +74,26 @@ def test_attention_uses_sdpa_where_the_kernel_does_not_apply():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_kernels_match_sdpa_at_the_encdec_shapes_on_the_gpu():
+def test_kernel_matches_sdpa_at_the_encoder_shapes_on_the_gpu():
     from dart_ros.runtime import attention as att
 
     torch.manual_seed(0)
-    n, p, heads, d, nq = 3, 72, 8, 32, 200
+    n, tokens, heads, d, text = 3, 72 * 72, 8, 32, 33
     dev, dt = "cuda", torch.bfloat16
-    qk = torch.randn(n, p * p, 2 * heads * d, device=dev, dtype=dt)
+    qk = torch.randn(n, tokens, 2 * heads * d, device=dev, dtype=dt)
     q, k = qk[..., : heads * d], qk[..., heads * d:]
-    v = torch.randn(n, p * p, heads * d, device=dev, dtype=dt)
-    assert att.kernel_supports(q, k, v, heads)
-    ref = _reference(q, k, v, heads)
-    bf16 = att.attention(q, k, v, heads)  # the kernel
-    att.set_kernel_enabled(False)
-    try:
-        sdpa = att.attention(q, k, v, heads)
-    finally:
-        att.set_kernel_enabled(True)
-    # the kernel is at least as close to fp32 as torch's own bf16 attention, up to rounding
-    assert (bf16.float() - ref).abs().max() <= (sdpa.float() - ref).abs().max() * 1.5 + 1e-3
-
-    qd = torch.randn(n, nq + 1, heads * d, device=dev, dtype=dt)
-    by, bx = (torch.randn(n, nq, p, heads, device=dev, dtype=dt) * 2 for _ in range(2))
-    assert att.grid_bias_supported(qd, k, v, by, bx, heads)
-    out = att.grid_bias_attention(qd, k, v, by, bx, heads)
-    ref = _reference(qd, k, v, heads, _grid_bias(by.cpu(), bx.cpu(), nq + 1).to(dev))
-    assert (out.float() - ref).abs().max() < 2e-2
+    v = torch.randn(n, tokens, heads * d, device=dev, dtype=dt)
+    kt, vt = (torch.randn(n, text, heads * d, device=dev, dtype=dt) for _ in range(2))
+    mask = torch.ones(n, 1, 1, text, dtype=torch.bool, device=dev)
+    mask[0, ..., 10:] = False
+    for args in ((q, k, v, heads), (q, kt, vt, heads, mask), (q[:1].expand(n, -1, -1), kt, vt, heads, mask)):
+        assert att.kernel_supports(*args)
+        ref = _reference(*args)
+        ours = att.attention(*args)
+        att.set_kernel_enabled(False)
+        try:
+            sdpa = att.attention(*args)
+        finally:
+            att.set_kernel_enabled(True)
+        # at least as close to fp32 as torch's own bf16 attention, up to rounding
+        assert (ours.float() - ref).abs().max() <= (sdpa.float() - ref).abs().max() * 1.5 + 1e-3

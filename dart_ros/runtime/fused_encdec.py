@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dart_ros.runtime.attention import attention, grid_bias_attention, grid_bias_supported
+from dart_ros.runtime.attention import attention
 from dart_ros.runtime.compiled import maybe_compiled
 
 
@@ -263,15 +263,9 @@ class FusedEncDec(nn.Module):
             t = _ln(t + _out(ct, _attend(_proj(ct, t + query_pos, 0, 1), kv[..., :c], kv[..., c:], ct.num_heads, attend)),
                     layer.catext_norm)
             ca = layer.cross_attn
-            q, k, v = _proj(ca, t + query_pos, 0, 1), _proj(ca, mem_keys, 1, 2), _proj(ca, memory, 2, 3)
-            if dec.boxRPB == "none":
-                o = _attend(q, k, v, ca.num_heads)
-            else:
-                by, bx = self._rpb_tables(ref)
-                if grid_bias_supported(q, k, v, by, bx, ca.num_heads):
-                    o = grid_bias_attention(q, k, v, by, bx, ca.num_heads)
-                else:
-                    o = _attend(q, k, v, ca.num_heads, self._rpb_bias(by, bx, t.shape[1]))
+            bias = self._rpb_bias(ref, t.shape[1]) if dec.boxRPB != "none" else None
+            o = _attend(_proj(ca, t + query_pos, 0, 1), _proj(ca, mem_keys, 1, 2), _proj(ca, memory, 2, 3),
+                        ca.num_heads, bias)
             t = _ln(t + _out(ca, o), layer.norm1)
             t = _ln(t + _ffn(t, layer), layer.norm3)
             presence, tgt = t[:, :1], t[:, 1:]
@@ -280,26 +274,22 @@ class FusedEncDec(nn.Module):
             ref = (inverse_sigmoid(ref) + dec.bbox_embed(normed)).sigmoid()
         return normed, ref, presence
 
-    def _rpb_tables(self, ref: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """boxRPB MLP outputs (N, Q, P, H) for the grid rows (by) and columns (bx) of reference boxes
-        (N, Q, 4) cxcywh; key (y, x) of query q gets the bias by[q, y] + bx[q, x]."""
+    def _rpb_bias(self, ref: torch.Tensor, out_rows: int) -> torch.Tensor:
+        """(N, H, 1+Q, L) boxRPB bias of reference boxes (N, Q, 4) cxcywh, zero row for the presence token."""
         from sam3.model.box_ops import box_cxcywh_to_xyxy
 
         dec = self.sam3.transformer.decoder
+        n, q, _ = ref.shape
         xyxy = box_cxcywh_to_xyxy(ref)
         dy = self.coords_h.view(1, 1, -1, 1) - xyxy[:, :, None, 1:4:2]  # (N, Q, H, 2)
         dx = self.coords_w.view(1, 1, -1, 1) - xyxy[:, :, None, 0:3:2]
         if dec.boxRPB in ("log", "both"):
             logs = [torch.sign(d * 8) * torch.log2(torch.abs(d * 8) + 1.0) / math.log2(8) for d in (dx, dy)]
             dx, dy = logs if dec.boxRPB == "log" else (torch.cat([dx, logs[0]], -1), torch.cat([dy, logs[1]], -1))
-        return _mlp(dy.to(self.dtype), self.rpb_y), _mlp(dx.to(self.dtype), self.rpb_x)
-
-    def _rpb_bias(self, by: torch.Tensor, bx: torch.Tensor, out_rows: int) -> torch.Tensor:
-        """(N, H, out_rows, P²) bias from :meth:`_rpb_tables`, zero leading rows (presence token)."""
-        n, q = by.shape[:2]
-        by, bx = by.permute(0, 3, 1, 2), bx.permute(0, 3, 1, 2)  # (N, H, Q, P)
+        by = _mlp(dy.to(self.dtype), self.rpb_y).permute(0, 3, 1, 2)  # (N, H, Q, P)
+        bx = _mlp(dx.to(self.dtype), self.rpb_x).permute(0, 3, 1, 2)
         heads = by.shape[1]
-        rows = torch.zeros(n, heads, out_rows, 2 * self.p, device=by.device, dtype=self.dtype)
+        rows = torch.zeros(n, heads, out_rows, 2 * self.p, device=ref.device, dtype=self.dtype)
         rows[:, :, out_rows - q:, : self.p] = by  # the leading rows stay zero (presence token)
         rows[:, :, out_rows - q:, self.p:] = bx
         bias = torch.matmul(rows, self.outer_sum)  # (N, H, 1+Q, P²)
