@@ -16,7 +16,8 @@ attention the encoder self-attention alone (N classes × 5,184 tokens, 8 heads o
           halves of one GEMM output, as the enc-dec calls it): SDPA (cuDNN) against every block
           configuration of the Triton kernel (``dart_ros.runtime.attention``) and the autotuned
           pick; kernel time by CUDA events, TFLOP/s,
-          max error against fp32; the cross-attention to a padded text prompt (SDPA vs kernel);
+          max error against fp32; the cross-attention to a padded text prompt and the decoder's
+          biased cross-attention (SDPA vs kernel; host launch cost included at small sizes);
           then the whole enc-dec graph with the kernels off and on.
 """
 
@@ -161,7 +162,7 @@ def probe_attention(classes) -> Dict[str, object]:
         for cfg in att._configs():
             name = "bm{BLOCK_M}_bn{BLOCK_N}".format(**cfg.kwargs) + f"_w{cfg.num_warps}_s{cfg.num_stages}"
             try:
-                res[name] = row(lambda: att.launch(q, k, v, heads, cfg))
+                res[name] = row(lambda: att.launch(q, k, v, heads, config=cfg))
             except (triton.runtime.errors.OutOfResources, RuntimeError) as e:
                 res[name] = {"error": str(e)[:120]}
         res["autotuned"] = row(lambda: att.attention(q, k, v, heads))
@@ -174,13 +175,22 @@ def probe_attention(classes) -> Dict[str, object]:
         res["text_cross_sdpa_ms"] = round(_events_ms(lambda: att.attention(q, kt, vt, heads, mask)), 4)
         att.set_kernel_enabled(True)
         res["text_cross_kernel_ms"] = round(_events_ms(lambda: att.attention(q, kt, vt, heads, mask)), 4)
+        # the decoder's boxRPB cross-attention: 201 queries over the tokens with an additive bias
+        qd = torch.randn(n, 201, c, device="cuda", dtype=torch.bfloat16, generator=g)
+        bias = torch.randn(n, heads, 201, tokens, device="cuda", dtype=torch.bfloat16, generator=g)
+        att.set_kernel_enabled(False)
+        res["decoder_biased_sdpa_ms"] = round(_events_ms(lambda: att.attention(qd, k, v, heads, bias)), 4)
+        att.set_kernel_enabled(True)
+        res["decoder_biased_kernel_ms"] = round(_events_ms(lambda: att.attention(qd, k, v, heads, bias)), 4)
+        del bias
         out[f"classes={n}"] = res
         best = min((r["ms"], k_) for k_, r in res.items() if isinstance(r, dict) and "ms" in r)
         print(f"{n} classes: sdpa {res['sdpa']['ms']:.3f} ms ({res['sdpa']['tflops']} TFLOP/s), "
               f"best {best[1]} {best[0]:.3f} ms, autotuned {res['autotuned']['ms']:.3f} ms "
               f"({res['autotuned']['tflops']} TFLOP/s, err {res['autotuned']['max_err']:.2e} vs sdpa "
               f"{res['sdpa']['max_err']:.2e}); text cross-attention: SDPA {res['text_cross_sdpa_ms']:.3f} ms, "
-              f"kernel {res['text_cross_kernel_ms']:.3f} ms", flush=True)
+              f"kernel {res['text_cross_kernel_ms']:.3f} ms; decoder biased cross-attention: SDPA "
+              f"{res['decoder_biased_sdpa_ms']:.3f} ms, kernel {res['decoder_biased_kernel_ms']:.3f} ms", flush=True)
         del qk, v, ref
     feat = None
     for enabled in (False, True):  # the whole enc-dec graph, kernel off then on

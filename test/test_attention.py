@@ -21,6 +21,8 @@ def _reference(q, k, v, heads, bias=None):
     n, lq, c = q.shape
     d = c // heads
     qh, kh, vh = (t.float().reshape(n, t.shape[1], heads, d).transpose(1, 2) for t in (q, k, v))
+    if bias is not None and bias.is_floating_point():
+        bias = bias.float()
     return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias).transpose(1, 2).reshape(n, lq, c)
 
 
@@ -49,6 +51,26 @@ def check_flash_kernel() -> None:
         assert err < tol, (lq, lk, heads, d, dtype, masked, err)
 
 
+def check_biased_kernel() -> None:
+    from dart_ros.runtime import attention as att
+
+    torch.manual_seed(0)
+    # (classes, queries, keys, heads, d, dtype, BLOCK_M, BLOCK_N, key splits): partial blocks and slices
+    for n, lq, lk, heads, d, dtype, bm, bn, splits in (
+            (2, 21, 144, 2, 32, torch.float32, 16, 32, 1), (2, 21, 576, 2, 32, torch.float32, 32, 64, 4),
+            (1, 40, 400, 1, 16, torch.float16, 32, 64, 2), (3, 7, 300, 2, 32, torch.float32, 32, 128, 3)):
+        q = torch.randn(n, lq, 2 * heads * d)[..., : heads * d].to(dtype)
+        k = (torch.randn(n, lk, heads * d) * 2).to(dtype)
+        v = torch.randn(n, lk, heads * d).to(dtype)
+        bias = (torch.randn(n, heads, lq, lk) * 3).to(dtype)
+        bias[:, :, 0] = 0  # as the presence token's row
+        cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=2)
+        out = att.launch_biased(q, k, v, bias, heads, cfg, splits=splits)
+        err = (out.float() - _reference(q, k, v, heads, bias.float())).abs().max().item()
+        tol = 2e-3 if dtype == torch.float16 else 2e-5
+        assert err < tol, (n, lq, lk, dtype, splits, err)
+
+
 def _interpret(check: str) -> None:
     env = dict(os.environ, TRITON_INTERPRET="1")
     here = os.path.dirname(os.path.abspath(__file__))
@@ -59,6 +81,10 @@ def _interpret(check: str) -> None:
 
 def test_flash_kernel_matches_sdpa_in_the_interpreter():
     _interpret("check_flash_kernel")
+
+
+def test_biased_kernel_matches_sdpa_in_the_interpreter():
+    _interpret("check_biased_kernel")
 
 
 def test_attention_uses_sdpa_where_the_kernel_does_not_apply():
@@ -74,7 +100,7 @@ def test_attention_uses_sdpa_where_the_kernel_does_not_apply():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_kernel_matches_sdpa_at_the_encoder_shapes_on_the_gpu():
+def test_kernels_match_sdpa_at_the_encdec_shapes_on_the_gpu():
     from dart_ros.runtime import attention as att
 
     torch.manual_seed(0)
@@ -86,7 +112,10 @@ def test_kernel_matches_sdpa_at_the_encoder_shapes_on_the_gpu():
     kt, vt = (torch.randn(n, text, heads * d, device=dev, dtype=dt) for _ in range(2))
     mask = torch.ones(n, 1, 1, text, dtype=torch.bool, device=dev)
     mask[0, ..., 10:] = False
-    for args in ((q, k, v, heads), (q, kt, vt, heads, mask), (q[:1].expand(n, -1, -1), kt, vt, heads, mask)):
+    qd = torch.randn(n, 201, heads * d, device=dev, dtype=dt)
+    bias = torch.randn(n, heads, 201, tokens, device=dev, dtype=dt) * 2
+    for args in ((q, k, v, heads), (q, kt, vt, heads, mask), (q[:1].expand(n, -1, -1), kt, vt, heads, mask),
+                 (qd, k, v, heads, bias)):
         assert att.kernel_supports(*args)
         ref = _reference(*args)
         ours = att.attention(*args)

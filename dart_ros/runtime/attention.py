@@ -14,18 +14,21 @@ text prompt, which cuDNN runs far below memory speed.
   head dimension; the softmax scale and log2(e) fold into one FMA before ``exp2``; statistics and
   accumulation stay fp32, probabilities are rounded to the input dtype for P·V as in FlashAttention.
 - Key-padding masks (N, Lk) as SDPA's boolean (N, 1, 1, Lk) ``attn_mask``.
+- The decoder's boxRPB cross-attention (201 queries over the 5,184 tokens, additive bias) on a
+  second kernel, :func:`biased_attention`, that splits the keys over programs: cuDNN gets only
+  N·H·4 programs there, each looping over every key, and is latency-bound at few classes.
 
 Tried and dropped, measured slower (docs/benchmarks.md): half of the exponentials as a polynomial on
 the FMA pipe (FlashAttention-4's trick against the exponential unit's 1/16 rate; 5–20 % slower in
-Triton); the decoder's boxRPB cross-attention with the bias ``by[y] + bx[x]`` gathered on the fly
-instead of materialised (3–5× slower than cuDNN given the bias: the gathers cost more than the
-bias tensor's memory traffic).
+Triton); the boxRPB bias ``by[y] + bx[x]`` gathered on the fly instead of materialised (3–5×
+slower than cuDNN given the bias: the gathers cost more than the bias tensor's memory traffic).
 
-:func:`attention` is the entry point: it uses the kernel on CUDA for fp16/bf16 inputs, no mask or
-a key-padding mask, head dimensions 16–128 (powers of two), at least :data:`MIN_TOKENS` queries,
-and ``F.scaled_dot_product_attention`` otherwise, so every other path (CPU, fp32 checks, the
-decoder's 201 queries) is unchanged. The kernel is registered as a ``torch.library`` custom op so
-``torch.compile`` treats it as one opaque call and CUDA graphs capture it. Block sizes are
+:func:`attention` is the entry point: it uses the kernels on CUDA for fp16/bf16 inputs at head
+dimensions 16–128 (powers of two) — at least :data:`MIN_TOKENS` queries with no mask or a
+key-padding mask, or at least that many keys with an additive bias — and
+``F.scaled_dot_product_attention`` otherwise, so every other path (CPU, fp32 checks, the decoder's
+self- and text attention) is unchanged. The kernels are registered as ``torch.library`` custom ops
+so ``torch.compile`` treats them as opaque calls and CUDA graphs capture them. Block sizes are
 autotuned per shape on the first call, which the graph runners make before capture.
 """
 
@@ -49,6 +52,11 @@ def _configs():
     # (BLOCK_M, BLOCK_N, warps, stages): the measured front-runners and their neighbours.
     shapes = ((64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3),
               (128, 64, 4, 3), (128, 64, 8, 4), (128, 32, 4, 4), (128, 128, 8, 3))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
+
+
+def _biased_configs():
+    shapes = ((64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (32, 64, 4, 3))
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
 
 
@@ -113,6 +121,49 @@ if triton is not None:
     _tuned_kernel = triton.autotune(configs=_configs(), key=["Lq", "Lk", "HEAD_DIM", "HAS_KEY_MASK"])(
         _attention_kernel)
 
+    @triton.jit
+    def _biased_split_kernel(Q, K, V, B, ACC, ML, Lq, Lk, H, qk_scale, keys_per_split,
+                             s_qn, s_ql, s_kn, s_kl, s_vn, s_vl, s_bn, s_bh, s_bq,
+                             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Few queries over many keys with an additive bias: program (m, n·h, s) covers the s-th
+        slice of the keys and writes its unnormalised partial softmax (merged by the caller)."""
+        pid_m = tl.program_id(0)
+        pid_nh = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        n = pid_nh // H
+        h = pid_nh % H
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        head = h * HEAD_DIM
+        row_ok = offs_m < Lq
+        q = tl.load(Q + n * s_qn + offs_m[:, None] * s_ql + head + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        b_rows = B + n * s_bn + h * s_bh + offs_m[:, None] * s_bq
+        lo = pid_s * keys_per_split
+        hi = tl.minimum(lo + keys_per_split, Lk)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for start in range(lo, hi, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            valid = offs_n < hi
+            k = tl.load(K + n * s_kn + offs_n[None, :] * s_kl + head + offs_d[:, None], mask=valid[None, :], other=0.0)
+            v = tl.load(V + n * s_vn + offs_n[:, None] * s_vl + head + offs_d[None, :], mask=valid[:, None], other=0.0)
+            b = tl.load(b_rows + offs_n[None, :], mask=row_ok[:, None] & valid[None, :], other=0.0).to(tl.float32)
+            x = tl.where(valid[None, :], tl.dot(q, k) * qk_scale + b * 1.4426950408889634, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(x, 1))
+            p = tl.math.exp2(x - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        base = (pid_s * tl.num_programs(1) + pid_nh) * Lq + offs_m  # partials (S, N·H, Lq), fp32
+        tl.store(ACC + base[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+        tl.store(ML + base * 2, m_i, mask=row_ok)
+        tl.store(ML + base * 2 + 1, l_i, mask=row_ok)
+
+    _tuned_biased_kernel = triton.autotune(configs=_biased_configs(), key=["Lq", "Lk", "HEAD_DIM", "keys_per_split"])(
+        _biased_split_kernel)
+
 
 def _token_major(t: torch.Tensor) -> bool:
     return t.dim() == 3 and t.stride(-1) == 1
@@ -157,6 +208,60 @@ def _(q, k, v, heads, key_mask=None):
     return q.new_empty(q.shape)
 
 
+def _key_splits(programs: int, lk: int, device: torch.device) -> int:
+    """Key slices per query tile so that few query rows (the decoder's 201) still give every SM work."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    return max(1, min(math.ceil(2 * sms / programs), lk // 512))
+
+
+def launch_biased(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
+                  config: Optional["triton.Config"] = None, splits: Optional[int] = None) -> torch.Tensor:
+    """softmax(q·kᵀ/√d + bias)·v with the keys split over programs; see :func:`biased_attention`.
+    ``config``/``splits``: fixed block sizes and key splits (probes, tests); default autotuned / by SM count."""
+    n, lq, c = q.shape
+    lk = k.shape[1]
+    d = c // heads
+    splits = splits or _key_splits(math.ceil(lq / 64) * n * heads, lk, q.device)
+    keys_per_split = math.ceil(math.ceil(lk / splits) / 128) * 128  # whole blocks but the last
+    splits = math.ceil(lk / keys_per_split)
+    acc = torch.empty(splits, n * heads, lq, d, device=q.device, dtype=torch.float32)
+    ml = torch.empty(splits, n * heads, lq, 2, device=q.device, dtype=torch.float32)
+    qk_scale = (1.0 / math.sqrt(d)) * 1.4426950408889634
+    args = (q, k, v, bias, acc, ml, lq, lk, heads, qk_scale, keys_per_split, q.stride(0), q.stride(1),
+            k.stride(0), k.stride(1), v.stride(0), v.stride(1), bias.stride(0), bias.stride(1), bias.stride(2))
+    if config is None:
+        grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), n * heads, splits)  # noqa: E731
+        _tuned_biased_kernel[grid](*args, HEAD_DIM=d)
+    else:
+        grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), n * heads, splits)
+        _biased_split_kernel[grid](*args, HEAD_DIM=d, num_warps=config.num_warps, num_stages=config.num_stages,
+                                   **config.kwargs)
+    m, l_ = ml.unbind(-1)  # merge the slices' partial softmaxes (log2 domain)
+    w = torch.exp2(m - m.amax(0))
+    o = (acc * w[..., None]).sum(0) / (l_ * w).sum(0)[..., None]  # (N·H, Lq, d)
+    return o.view(n, heads, lq, d).transpose(1, 2).reshape(n, lq, c).to(q.dtype)
+
+
+@torch.library.custom_op("dart_ros::biased_attention", mutates_args=())
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                     heads: int) -> torch.Tensor:
+    """(N, Lq, H·d) queries over (N, Lk, H·d) keys/values with an additive (N, H, Lq, Lk) bias: the
+    decoder's boxRPB cross-attention. Its 201 queries give cuDNN only N·H·4 programs, each looping
+    over all 5,184 keys (latency-bound at few classes); here the keys are split over programs and
+    the partial softmaxes merged."""
+    return launch_biased(q, k, v, bias, heads)
+
+
+@biased_attention.register_fake
+def _(q, k, v, bias, heads):
+    return q.new_empty(q.shape)
+
+
+def _is_bias(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, heads: int) -> bool:
+    return (mask is not None and mask.dtype == q.dtype and mask.dim() == 4 and mask.stride(3) == 1
+            and tuple(mask.shape) == (q.shape[0], heads, q.shape[1], k.shape[1]))
+
+
 def _key_mask(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor) -> Optional[torch.Tensor]:
     """SDPA's (N, 1, 1, Lk) boolean key-padding mask as the kernel's (N, Lk); None if not of that form."""
     if mask is None or mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1):
@@ -168,16 +273,22 @@ def _key_mask(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor) ->
 
 def kernel_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                     mask: Optional[torch.Tensor] = None) -> bool:
-    """Whether :func:`flash_attention` handles these inputs (else :func:`attention` uses SDPA)."""
-    if triton is None or not q.is_cuda or (mask is not None and _key_mask(mask, q, k) is None):
+    """Whether one of our kernels handles these inputs (else :func:`attention` uses SDPA): many
+    queries without a mask or with a key-padding mask (:func:`flash_attention`), or many keys with
+    an additive bias (:func:`biased_attention`)."""
+    if triton is None or not q.is_cuda:
         return False
     if q.dtype not in (torch.float16, torch.bfloat16) or not (q.dtype == k.dtype == v.dtype):
         return False
     if not all(_token_major(t) for t in (q, k, v)) or k.shape != v.shape or q.shape[::2] != k.shape[::2]:
         return False
     d = q.shape[-1] // heads
-    # Few queries (the decoder's 201) stay on SDPA: launch-bound, nothing to gain there.
-    return d * heads == q.shape[-1] and d in (16, 32, 64, 128) and q.shape[1] >= MIN_TOKENS
+    if d * heads != q.shape[-1] or d not in (16, 32, 64, 128):
+        return False
+    if _is_bias(mask, q, k, heads):
+        return k.shape[1] >= MIN_TOKENS
+    # Few queries without a bias (the decoder's other attentions) stay on SDPA: nothing to gain.
+    return (mask is None or _key_mask(mask, q, k) is not None) and q.shape[1] >= MIN_TOKENS
 
 
 MIN_TOKENS = 1024
@@ -194,6 +305,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(N, Lq, C) queries over (N, Lk, C) keys/values, ``heads`` heads, tokens-major in and out."""
     if _enabled and kernel_supports(q, k, v, heads, mask):
+        if _is_bias(mask, q, k, heads):
+            return biased_attention(q, k, v, mask, heads)
         return flash_attention(q, k, v, heads, _key_mask(mask, q, k))
     n, lq, c = q.shape
     d = c // heads
