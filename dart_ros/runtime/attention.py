@@ -63,6 +63,19 @@ def _biased_configs():
 if triton is not None:
 
     @triton.jit
+    def _query_tile(Q, s_qn, s_ql, Lq, H, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+        """Program (m, n·H + h): class n, head h, its channel offset, BLOCK_M query rows and their q tile."""
+        pid_nh = tl.program_id(1)
+        n = pid_nh // H
+        h = pid_nh % H
+        head = h * HEAD_DIM  # heads are contiguous HEAD_DIM-wide slices of the channel axis
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        q = tl.load(Q + n * s_qn + offs_m[:, None] * s_ql + head + offs_d[None, :], mask=offs_m[:, None] < Lq,
+                    other=0.0)
+        return n, h, head, offs_m, offs_d, q
+
+    @triton.jit
     def _block(q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, stride_kl, stride_vl,
                BLOCK_N: tl.constexpr, MASK: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
         offs_n = start + tl.arange(0, BLOCK_N)
@@ -90,16 +103,8 @@ if triton is not None:
                           s_qn, s_ql, s_kn, s_kl, s_vn, s_vl, s_on, s_ol, s_km,
                           HEAD_DIM: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        pid_m = tl.program_id(0)
-        pid_nh = tl.program_id(1)
-        n = pid_nh // H
-        h = pid_nh % H
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
+        n, h, head, offs_m, offs_d, q = _query_tile(Q, s_qn, s_ql, Lq, H, HEAD_DIM, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
-        head = h * HEAD_DIM  # heads are contiguous HEAD_DIM-wide slices of the channel axis
-        q = tl.load(Q + n * s_qn + offs_m[:, None] * s_ql + head + offs_d[None, :], mask=offs_m[:, None] < Lq,
-                    other=0.0)
         k_ptrs = K + n * s_kn + offs_n[None, :] * s_kl + head + offs_d[:, None]  # (D, BLOCK_N): k transposed
         v_ptrs = V + n * s_vn + offs_n[:, None] * s_vl + head + offs_d[None, :]
         km_ptr = KM + n * s_km
@@ -127,16 +132,9 @@ if triton is not None:
                              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """Few queries over many keys with an additive bias: program (m, n·h, s) covers the s-th
         slice of the keys and writes its unnormalised partial softmax (merged by the caller)."""
-        pid_m = tl.program_id(0)
-        pid_nh = tl.program_id(1)
+        n, h, head, offs_m, offs_d, q = _query_tile(Q, s_qn, s_ql, Lq, H, HEAD_DIM, BLOCK_M)
         pid_s = tl.program_id(2)
-        n = pid_nh // H
-        h = pid_nh % H
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
-        head = h * HEAD_DIM
         row_ok = offs_m < Lq
-        q = tl.load(Q + n * s_qn + offs_m[:, None] * s_ql + head + offs_d[None, :], mask=row_ok[:, None], other=0.0)
         b_rows = B + n * s_bn + h * s_bh + offs_m[:, None] * s_bq
         lo = pid_s * keys_per_split
         hi = tl.minimum(lo + keys_per_split, Lk)
@@ -156,7 +154,7 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        base = (pid_s * tl.num_programs(1) + pid_nh) * Lq + offs_m  # partials (S, N·H, Lq), fp32
+        base = (pid_s * tl.num_programs(1) + tl.program_id(1)) * Lq + offs_m  # partials (S, N·H, Lq), fp32
         tl.store(ACC + base[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
         tl.store(ML + base * 2, m_i, mask=row_ok)
         tl.store(ML + base * 2 + 1, l_i, mask=row_ok)
