@@ -35,7 +35,7 @@ import torch
 from dart_ros.coco import COCO_CLASSES
 from dart_ros.config import DetectorConfig
 from dart_ros.detector import Detector
-from dart_ros.runtime.timing import cuda_median_ms
+from dart_ros.runtime.timing import cuda_events_ms, cuda_median_ms
 
 
 def frames(count: int = 4):
@@ -118,22 +118,6 @@ def probe_overlap(classes) -> Dict[str, object]:
     return out
 
 
-def _events_ms(fn, reps: int = 20) -> float:
-    """GPU time per call: ``reps`` back-to-back calls between two events, median of 5 such runs."""
-    fn()
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(5):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(reps):
-            fn()
-        b.record()
-        b.synchronize()
-        runs.append(a.elapsed_time(b) / reps)
-    return float(np.median(runs))
-
-
 def probe_attention(classes) -> Dict[str, object]:
     import triton
 
@@ -152,13 +136,12 @@ def probe_attention(classes) -> Dict[str, object]:
         flop = 4 * n * heads * tokens * tokens * d
 
         def row(fn):
-            ms = _events_ms(fn)
+            ms = cuda_events_ms(fn)
             err = (fn()[:m].float() - ref).abs().max().item()
             return {"ms": round(ms, 4), "tflops": round(flop / ms / 1e9, 1), "max_err": err}
 
-        att.set_kernel_enabled(False)
-        res = {"sdpa": row(lambda: att.attention(q, k, v, heads))}
-        att.set_kernel_enabled(True)
+        with att.use_kernels(False):
+            res = {"sdpa": row(lambda: att.attention(q, k, v, heads))}
         for cfg in att._configs():
             name = "bm{BLOCK_M}_bn{BLOCK_N}".format(**cfg.kwargs) + f"_w{cfg.num_warps}_s{cfg.num_stages}"
             try:
@@ -171,17 +154,15 @@ def probe_attention(classes) -> Dict[str, object]:
         kt, vt = (torch.randn(n, 33, c, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
         mask = torch.ones(n, 1, 1, 33, device="cuda", dtype=torch.bool)
         mask[..., 20:] = False
-        att.set_kernel_enabled(False)
-        res["text_cross_sdpa_ms"] = round(_events_ms(lambda: att.attention(q, kt, vt, heads, mask)), 4)
-        att.set_kernel_enabled(True)
-        res["text_cross_kernel_ms"] = round(_events_ms(lambda: att.attention(q, kt, vt, heads, mask)), 4)
+        with att.use_kernels(False):
+            res["text_cross_sdpa_ms"] = round(cuda_events_ms(lambda: att.attention(q, kt, vt, heads, mask)), 4)
+        res["text_cross_kernel_ms"] = round(cuda_events_ms(lambda: att.attention(q, kt, vt, heads, mask)), 4)
         # the decoder's boxRPB cross-attention: 201 queries over the tokens with an additive bias
         qd = torch.randn(n, 201, c, device="cuda", dtype=torch.bfloat16, generator=g)
         bias = torch.randn(n, heads, 201, tokens, device="cuda", dtype=torch.bfloat16, generator=g)
-        att.set_kernel_enabled(False)
-        res["decoder_biased_sdpa_ms"] = round(_events_ms(lambda: att.attention(qd, k, v, heads, bias)), 4)
-        att.set_kernel_enabled(True)
-        res["decoder_biased_kernel_ms"] = round(_events_ms(lambda: att.attention(qd, k, v, heads, bias)), 4)
+        with att.use_kernels(False):
+            res["decoder_biased_sdpa_ms"] = round(cuda_events_ms(lambda: att.attention(qd, k, v, heads, bias)), 4)
+        res["decoder_biased_kernel_ms"] = round(cuda_events_ms(lambda: att.attention(qd, k, v, heads, bias)), 4)
         del bias
         out[f"classes={n}"] = res
         best = min((r["ms"], k_) for k_, r in res.items() if isinstance(r, dict) and "ms" in r)
@@ -192,17 +173,14 @@ def probe_attention(classes) -> Dict[str, object]:
               f"kernel {res['text_cross_kernel_ms']:.3f} ms; decoder biased cross-attention: SDPA "
               f"{res['decoder_biased_sdpa_ms']:.3f} ms, kernel {res['decoder_biased_kernel_ms']:.3f} ms", flush=True)
         del qk, v, ref
-    feat = None
-    for enabled in (False, True):  # the whole enc-dec graph, kernel off then on
-        att.set_kernel_enabled(enabled)
-        det = Detector(DetectorConfig(backbone="vit_h", device="cuda", precision="bf16", runtime="fast"))
-        feat = det.features(det.preprocess(frames(1)[0])[0])
-        for n in classes:
-            det.set_classes(list(COCO_CLASSES[:n]))
-            out.setdefault(f"encdec_ms@{n}", {})["kernel" if enabled else "sdpa"] = \
-                cuda_median_ms(lambda: det.encode_decode(feat))
-        print("enc-dec", "kernel" if enabled else "sdpa",
-              {n: round(out[f"encdec_ms@{n}"]["kernel" if enabled else "sdpa"], 3) for n in classes}, flush=True)
+    for name, enabled in (("sdpa", False), ("kernel", True)):  # the whole enc-dec graph, kernels off then on
+        with att.use_kernels(enabled):
+            det = Detector(DetectorConfig(backbone="vit_h", device="cuda", precision="bf16", runtime="fast"))
+            feat = det.features(det.preprocess(frames(1)[0])[0])
+            for n in classes:
+                det.set_classes(list(COCO_CLASSES[:n]))
+                out.setdefault(f"encdec_ms@{n}", {})[name] = cuda_median_ms(lambda: det.encode_decode(feat))
+        print("enc-dec", name, {n: round(out[f"encdec_ms@{n}"][name], 3) for n in classes}, flush=True)
         del det
     return out
 

@@ -119,10 +119,7 @@ def test_kernels_match_sdpa_at_the_encdec_shapes_on_the_gpu():
         assert att.kernel_supports(*args)
         ref = _reference(*args)
         ours = att.attention(*args)
-        att.set_kernel_enabled(False)
-        try:
+        with att.use_kernels(False):
             sdpa = att.attention(*args)
-        finally:
-            att.set_kernel_enabled(True)
         # at least as close to fp32 as torch's own bf16 attention, up to rounding
         assert (ours.float() - ref).abs().max() <= (sdpa.float() - ref).abs().max() * 1.5 + 1e-3

@@ -34,8 +34,9 @@ autotuned per shape on the first call, which the graph runners make before captu
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,28 @@ try:
 except ImportError:  # CPU-only installs: attention() falls back to SDPA
     triton = None
 
+
+
+# Queries (or, with a bias, keys) below this stay on SDPA: launch-bound, nothing to gain there.
+MIN_TOKENS = 1024
+_enabled = True
+
+
+@contextlib.contextmanager
+def use_kernels(enabled: bool) -> Iterator[None]:
+    """Within the block, :func:`attention` uses our kernels (``True``) or SDPA only (``False``; A/B checks).
+    Graphs captured inside keep the choice."""
+    global _enabled
+    before, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def _qk_scale(head_dim: int) -> float:
+    """Softmax scale times log2(e): the kernels exponentiate with exp2."""
+    return (1.0 / math.sqrt(head_dim)) * 1.4426950408889634
 
 
 def _configs():
@@ -179,7 +202,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, key_ma
     lk = k.shape[1]
     d = c // heads
     out = torch.empty(n, lq, c, device=q.device, dtype=q.dtype)
-    qk_scale = (1.0 / math.sqrt(d)) * 1.4426950408889634  # softmax scale and log2(e): exp(x) = exp2(x·log2 e)
+    qk_scale = _qk_scale(d)
     km = key_mask if key_mask is not None else out  # any pointer; not read without a mask
     args = (q, k, v, out, km, lq, lk, heads, qk_scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             v.stride(0), v.stride(1), out.stride(0), out.stride(1), km.stride(0) if key_mask is not None else 0)
@@ -224,7 +247,7 @@ def launch_biased(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch
     splits = math.ceil(lk / keys_per_split)
     acc = torch.empty(splits, n * heads, lq, d, device=q.device, dtype=torch.float32)
     ml = torch.empty(splits, n * heads, lq, 2, device=q.device, dtype=torch.float32)
-    qk_scale = (1.0 / math.sqrt(d)) * 1.4426950408889634
+    qk_scale = _qk_scale(d)
     args = (q, k, v, bias, acc, ml, lq, lk, heads, qk_scale, keys_per_split, q.stride(0), q.stride(1),
             k.stride(0), k.stride(1), v.stride(0), v.stride(1), bias.stride(0), bias.stride(1), bias.stride(2))
     if config is None:
@@ -285,18 +308,8 @@ def kernel_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
         return False
     if _is_bias(mask, q, k, heads):
         return k.shape[1] >= MIN_TOKENS
-    # Few queries without a bias (the decoder's other attentions) stay on SDPA: nothing to gain.
+    # few queries without a bias: the decoder's self- and text attention
     return (mask is None or _key_mask(mask, q, k) is not None) and q.shape[1] >= MIN_TOKENS
-
-
-MIN_TOKENS = 1024
-_enabled = True
-
-
-def set_kernel_enabled(enabled: bool) -> None:
-    """Turn the Triton kernel on or off process-wide (off: SDPA everywhere; for A/B checks)."""
-    global _enabled
-    _enabled = enabled
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,

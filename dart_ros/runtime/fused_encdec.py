@@ -81,9 +81,6 @@ def _ln(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
-_attend = attention  # (N, Lq, C) over (N, Lk, C), tokens-major; the encoder self-attention on our kernel
-
-
 def _linear_relu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """relu(linear(x)) with the ReLU in the GEMM epilogue (cuBLASLt) where torch offers it; exact."""
     if hasattr(torch, "_addmm_activation") and linear.bias is not None:
@@ -121,7 +118,7 @@ def _self_attention(mha: nn.MultiheadAttention, x: torch.Tensor, pos: torch.Tens
     """q = k = x + pos, v = x; q and k from one GEMM."""
     c = mha.embed_dim
     qk = _proj(mha, x + pos, 0, 2)
-    return _out(mha, _attend(qk[..., :c], qk[..., c:], _proj(mha, x, 2, 3), mha.num_heads))
+    return _out(mha, attention(qk[..., :c], qk[..., c:], _proj(mha, x, 2, 3), mha.num_heads))
 
 
 class FusedEncDec(nn.Module):
@@ -235,7 +232,7 @@ class FusedEncDec(nn.Module):
             ca, c = layer.cross_attn_image, layer.cross_attn_image.embed_dim
             q = _proj(ca, _ln(x, layer.norm2), 0, 1).expand(n, -1, -1)
             kv = prompt.enc_kv[:, i]
-            x = x + _out(ca, _attend(q, kv[..., :c], kv[..., c:], ca.num_heads, attend_mask))
+            x = x + _out(ca, attention(q, kv[..., :c], kv[..., c:], ca.num_heads, attend_mask))
             x = x + _ffn(_ln(x, layer.norm3), layer)
         return x
 
@@ -260,11 +257,11 @@ class FusedEncDec(nn.Module):
             t = _ln(t + _self_attention(layer.self_attn, t, query_pos), layer.norm2)
             kv = prompt.dec_kv[:, i]
             ct = layer.ca_text
-            t = _ln(t + _out(ct, _attend(_proj(ct, t + query_pos, 0, 1), kv[..., :c], kv[..., c:], ct.num_heads, attend)),
+            t = _ln(t + _out(ct, attention(_proj(ct, t + query_pos, 0, 1), kv[..., :c], kv[..., c:], ct.num_heads, attend)),
                     layer.catext_norm)
             ca = layer.cross_attn
             bias = self._rpb_bias(ref, t.shape[1]) if dec.boxRPB != "none" else None
-            o = _attend(_proj(ca, t + query_pos, 0, 1), _proj(ca, mem_keys, 1, 2), _proj(ca, memory, 2, 3),
+            o = attention(_proj(ca, t + query_pos, 0, 1), _proj(ca, mem_keys, 1, 2), _proj(ca, memory, 2, 3),
                         ca.num_heads, bias)
             t = _ln(t + _out(ca, o), layer.norm1)
             t = _ln(t + _ffn(t, layer), layer.norm3)

@@ -1,4 +1,4 @@
-"""Host-side latency of a CUDA callable, for the offline probes and benchmarks."""
+"""Latency of a CUDA callable (host-side and GPU-side), for the offline probes and benchmarks."""
 
 from __future__ import annotations
 
@@ -21,3 +21,20 @@ def cuda_median_ms(fn: Callable[[], object], iters: int = 30, warmup: int = 5) -
         torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(times))
+
+
+def cuda_events_ms(fn: Callable[[], object], reps: int = 20, runs: int = 5) -> float:
+    """GPU time per call in ms: ``reps`` calls back to back between two CUDA events, median of
+    ``runs`` such runs (for kernels; host launch time shows only where it exceeds the GPU's)."""
+    fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end) / reps)
+    return float(np.median(out))
