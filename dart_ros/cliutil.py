@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import json
 import typing
-from typing import Any, Dict, Optional, Type, TypeVar
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, TypeVar
 
 T = TypeVar("T")
 
@@ -79,16 +79,25 @@ def dump(cfg, path: str) -> None:
         json.dump(dataclasses.asdict(cfg), f, indent=1, default=str)
 
 
+def parse_job_args(doc: str, groups: Sequence[Tuple[Type, Optional[str]]], argv=None):
+    """Parser of an offline job from its config dataclasses (``(cls, group title)`` each), the
+    arguments parsed and logging set up; returns ``(parser, args)`` (the parser for ``ap.error``)."""
+    import logging
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for cls, group in groups:
+        add_dataclass_flags(ap, cls, group=group)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return ap, args
+
+
 def run_training_job(cls: Type[T], run, doc: str, argv=None) -> int:
     """Main of an offline training job: flags of ``cls``, logging, ``<out_dir>/config.json`` written
     once (rank 0 under torchrun), ``run(cfg)``'s summary printed."""
-    import logging
     import os
 
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_flags(ap, cls)
-    cfg = dataclass_from_args(cls, ap.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = dataclass_from_args(cls, parse_job_args(doc, [(cls, None)], argv)[1])
     os.makedirs(cfg.out_dir, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
         dump(cfg, os.path.join(cfg.out_dir, "config.json"))

@@ -6,21 +6,15 @@
         --classes car truck bus --merge-groups "car,truck,bus" --sam3-checkpoint sam3.pt --out-dir datasets/road
 """
 
-import argparse
-import logging
 import sys
 
-from dart_ros.cliutil import add_dataclass_flags, dataclass_from_args
+from dart_ros.cliutil import dataclass_from_args, parse_job_args
 from dart_ros.config import DetectorConfig
 from dart_ros.evaluation.autolabel import AutolabelConfig, run
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_flags(ap, AutolabelConfig, group="auto-labelling")
-    add_dataclass_flags(ap, DetectorConfig, group="detector")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap, args = parse_job_args(__doc__, [(AutolabelConfig, "auto-labelling"), (DetectorConfig, "detector")], argv)
     det_cfg = dataclass_from_args(DetectorConfig, args)
     if not det_cfg.classes:
         ap.error("--classes is required")

@@ -11,22 +11,16 @@ results.json (stats, per-class AP, config, model identity), per_class_ap.png and
 cache per rank; re-running the same command continues where it stopped.
 """
 
-import argparse
-import logging
 import os
 import sys
 
-from dart_ros.cliutil import add_dataclass_flags, dataclass_from_args
+from dart_ros.cliutil import dataclass_from_args, parse_job_args
 from dart_ros.config import DetectorConfig
 from dart_ros.evaluation.coco import EvalConfig, format_table, run
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_flags(ap, EvalConfig, group="evaluation")
-    add_dataclass_flags(ap, DetectorConfig, group="detector")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap, args = parse_job_args(__doc__, [(EvalConfig, "evaluation"), (DetectorConfig, "detector")], argv)
     results = run(dataclass_from_args(EvalConfig, args), dataclass_from_args(DetectorConfig, args))
     if results is not None:
         print(format_table(results))
