@@ -100,7 +100,7 @@ def test_attention_uses_sdpa_where_the_kernel_does_not_apply():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_kernels_match_sdpa_at_the_encdec_shapes_on_the_gpu():
+def test_kernels_match_sdpa_at_the_encdec_and_vit_shapes_on_the_gpu():
     from dart_ros.runtime import attention as att
 
     torch.manual_seed(0)
@@ -114,12 +114,20 @@ def test_kernels_match_sdpa_at_the_encdec_shapes_on_the_gpu():
     mask[0, ..., 10:] = False
     qd = torch.randn(n, 201, heads * d, device=dev, dtype=dt)
     bias = torch.randn(n, heads, 201, tokens, device=dev, dtype=dt) * 2
-    for args in ((q, k, v, heads), (q, kt, vt, heads, mask), (q[:1].expand(n, -1, -1), kt, vt, heads, mask),
-                 (qd, k, v, heads, bias)):
-        assert att.kernel_supports(*args)
+    # the ViT backbone: 16 heads of 64, q/k as RoPE output (S, L, 2, C), v from qkv (S, L, 3, C);
+    # 9 windows of 576 tokens (below MIN_TOKENS: the caller passes min_tokens=0) and one global sequence
+    vit = []
+    for seqs, length in ((9, 576), (1, 5184)):
+        rope_qk = torch.randn(seqs, length, 2, 1024, device=dev, dtype=dt)
+        qkv = torch.randn(seqs, length, 3, 1024, device=dev, dtype=dt)
+        vit.append((rope_qk[:, :, 0], rope_qk[:, :, 1], qkv[:, :, 2], 16))
+    cases = [(a, {}) for a in ((q, k, v, heads), (q, kt, vt, heads, mask), (q[:1].expand(n, -1, -1), kt, vt, heads, mask),
+                               (qd, k, v, heads, bias))] + [(a, {"min_tokens": 0}) for a in vit]
+    for args, kw in cases:
+        assert att.kernel_supports(*args, **kw)
         ref = _reference(*args)
-        ours = att.attention(*args)
+        ours = att.attention(*args, **kw)
         with att.use_kernels(False):
-            sdpa = att.attention(*args)
+            sdpa = att.attention(*args, **kw)
         # at least as close to fp32 as torch's own bf16 attention, up to rounding
         assert (ours.float() - ref).abs().max() <= (sdpa.float() - ref).abs().max() * 1.5 + 1e-3

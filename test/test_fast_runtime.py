@@ -103,6 +103,22 @@ def test_fast_vit_equals_sam3_trunk(backbone, mask, real_rope):
     assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in m.vision.parameters())
 
 
+def test_compiled_fast_vit_equals_sam3_trunk():
+    """RoPE and the fused residual-add + LayerNorm compiled (CPU inductor) compute sam3's ViT (fp32)."""
+    from dart_ros.runtime.compiled import CompiledOrEager
+    from dart_ros.runtime.fast_vit import FastViTDetection
+
+    m = build_model("tiny_pruned", mask_blocks="0:attn")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        want = m.vision.forward_detection(x)
+        fast = FastViTDetection(m.vision, m.feature_size, compile_kernels=True)
+        got = fast.forward_detection(x)
+    fused = fast.fast_trunk.residual_layer_norm
+    assert isinstance(fused, CompiledOrEager) and fused._compiled is not None and not fused.failed
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+
+
 def test_fast_vit_gelu_epilogue_stays_within_bf16_resolution():
     """The GEMM-epilogue GELU (tanh form) differs from erf GELU far below bf16's resolution."""
     from dart_ros.runtime.fast_vit import FastViTDetection

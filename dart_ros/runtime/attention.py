@@ -293,10 +293,10 @@ def _key_mask(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor) ->
 
 
 def kernel_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                    mask: Optional[torch.Tensor] = None) -> bool:
-    """Whether one of our kernels handles these inputs (else :func:`attention` uses SDPA): many
-    queries without a mask or with a key-padding mask (:func:`flash_attention`), or many keys with
-    an additive bias (:func:`biased_attention`)."""
+                    mask: Optional[torch.Tensor] = None, min_tokens: int = MIN_TOKENS) -> bool:
+    """Whether one of our kernels handles these inputs (else :func:`attention` uses SDPA): at least
+    ``min_tokens`` queries without a mask or with a key-padding mask (:func:`flash_attention`), or
+    that many keys with an additive bias (:func:`biased_attention`)."""
     if triton is None or not q.is_cuda:
         return False
     if q.dtype not in (torch.float16, torch.bfloat16) or not (q.dtype == k.dtype == v.dtype):
@@ -307,15 +307,17 @@ def kernel_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     if d * heads != q.shape[-1] or d not in (16, 32, 64, 128):
         return False
     if _is_bias(mask, q, k, heads):
-        return k.shape[1] >= MIN_TOKENS
+        return k.shape[1] >= min_tokens
     # few queries without a bias: the decoder's self- and text attention
-    return (mask is None or _key_mask(mask, q, k) is not None) and q.shape[1] >= MIN_TOKENS
+    return (mask is None or _key_mask(mask, q, k) is not None) and q.shape[1] >= min_tokens
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(N, Lq, C) queries over (N, Lk, C) keys/values, ``heads`` heads, tokens-major in and out."""
-    if _enabled and kernel_supports(q, k, v, heads, mask):
+              mask: Optional[torch.Tensor] = None, min_tokens: int = MIN_TOKENS) -> torch.Tensor:
+    """(N, Lq, C) queries over (N, Lk, C) keys/values, ``heads`` heads, tokens-major in and out.
+    ``min_tokens``: fewest queries (keys, with a bias) per sequence for our kernels; callers whose
+    many short sequences fill the GPU anyway (the ViT's windows) pass 0."""
+    if _enabled and kernel_supports(q, k, v, heads, mask, min_tokens):
         if _is_bias(mask, q, k, heads):
             return biased_attention(q, k, v, mask, heads)
         return flash_attention(q, k, v, heads, _key_mask(mask, q, k))

@@ -45,7 +45,7 @@ def prepare_backbone(vision: nn.Module, dtype: Optional[torch.dtype], grid: Opti
         from dart_ros.runtime.fast_vit import FastViTDetection
 
         try:
-            return FastViTDetection(vision, grid, compile_rope=compile_kernels,
+            return FastViTDetection(vision, grid, compile_kernels=compile_kernels,
                                     gelu_epilogue=dtype in (torch.bfloat16, torch.float16))
         except ValueError as e:  # e.g. padded windows at an unusual input size: sam3's own blocks
             log.info("fast ViT not used (%s); running sam3's blocks", e)

@@ -12,8 +12,14 @@ tests); only the order of work changes:
   fused multiply-add) for q and k together on the qkv projection's own layout, with the sign of
   the rotation folded into the sine table, instead of ten strided kernels.
 - **GELU in the fc1 GEMM's epilogue** (reduced precision only; see ``_FastBlock._mlp``).
-- **Attention output without a copy**: fused SDPA returns its output in q's memory layout
-  (tokens-major here), so merging heads is a view.
+- **Residual add and the next LayerNorm in one kernel** (compiled): the trunk is run as a chain of
+  residual branches, each add fused with the norm of the branch that follows it (one pass of
+  reads fewer per branch, and one kernel launch).
+- **Attention token-major in and out** (:func:`dart_ros.runtime.attention.attention`: our Triton
+  kernel on CUDA in reduced precision, SDPA elsewhere): q, k and v are read as strided views of
+  the RoPE and qkv outputs and the heads come back merged, so no copies either side.
+- **Patch embedding as one GEMM**: the 14×14 stride-14 convolution is a matrix product over
+  non-overlapping patches; cuDNN ran it as an implicit-GEMM kernel at ~20 TFLOP/s (0.30 ms).
 
 The profiler showed these copies and strided element-wise kernels taking about 45 % of the
 backbone's 18 ms on the H100, for no FLOPs (docs/benchmarks.md, "where the time goes").
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dart_ros.runtime.attention import attention
 from dart_ros.runtime.compiled import maybe_compiled
 
 
@@ -49,6 +56,13 @@ def rope_kernel(compiled: bool):
     16 ms on the H100); the compiled kernel makes two.
     """
     return maybe_compiled(rope_qk, "RoPE", compiled, dynamic=False, fullgraph=True)
+
+
+def residual_layer_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                        eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x + y, LayerNorm(x + y)): a residual add and the LayerNorm that reads its result."""
+    s = x + y
+    return s, F.layer_norm(s, (s.shape[-1],), weight, bias, eps)
 
 
 def window_major_order(grid: int, window: int) -> torch.Tensor:
@@ -103,21 +117,29 @@ class _FastBlock(nn.Module):
                 self.gelu_epilogue = False  # only timm's Mlp with GELU and no hidden norm
         self.grid = grid
 
-    def _attention(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
+    def branches(self):
+        """(norm, branch) of each residual branch present: ``x + branch(norm(x))``."""
+        out = []
+        if self.has_attn:
+            out.append((self.norm1, lambda h: self.ls1(self._attention(h))))
+        if self.has_mlp:
+            out.append((self.norm2, lambda h: self.ls2(self._mlp(h))))
+        return out
+
+    def _attention(self, h: torch.Tensor) -> torch.Tensor:
+        """Attention branch on the normed tokens ``h``."""
+        b, n, c = h.shape
         seqs = b * (self.grid // self.window) ** 2 if self.window else b
-        qkv = self.qkv(self.norm1(x)).view(seqs, -1, 3, self.heads, c // self.heads)  # (S, L', 3, H, D)
+        qkv = self.qkv(h).view(seqs, -1, 3, self.heads, c // self.heads)  # (S, L', 3, H, D)
         qk = self.rope(qkv, self.cos, self.sin)  # rows: L'
-        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
-        v = qkv[:, :, 2].transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v)  # (S, H, L', D), tokens-major in memory
-        return self.proj(o.transpose(1, 2).reshape(b, n, c))
+        q, k, v = qk[:, :, 0].flatten(-2), qk[:, :, 1].flatten(-2), qkv[:, :, 2].flatten(-2)  # (S, L', C) views
+        # Every window is a sequence of 576 tokens: enough work per call however few tokens each has.
+        o = attention(q, k, v, self.heads, min_tokens=0)
+        return self.proj(o.reshape(b, n, c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.has_attn:
-            x = x + self.ls1(self._attention(x))
-        if self.has_mlp:
-            x = x + self.ls2(self._mlp(self.norm2(x)))
+        for norm, branch in self.branches():
+            x = x + branch(norm(x))
         return x
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +159,7 @@ class FastViTTrunk(nn.Module):
     and the padded tokens take part in attention; use the trunk itself there).
     """
 
-    def __init__(self, trunk: nn.Module, grid: int, compile_rope: bool = False, gelu_epilogue: bool = False):
+    def __init__(self, trunk: nn.Module, grid: int, compile_kernels: bool = False, gelu_epilogue: bool = False):
         super().__init__()
         windows = {b.window_size for b in trunk.blocks if hasattr(b, "window_size") and b.window_size > 0}
         if len(windows) > 1:
@@ -153,36 +175,62 @@ class FastViTTrunk(nn.Module):
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("inverse", torch.argsort(order), persistent=False)
         last = trunk.full_attn_ids[-1]
-        rope = rope_kernel(compile_rope)
+        rope = rope_kernel(compile_kernels)
         self.blocks = nn.ModuleList(_FastBlock(b, grid, order, rope, gelu_epilogue) for b in list(trunk.blocks)[: last + 1])
+        conv = trunk.patch_embed.proj
+        # Non-overlapping patches (kernel = stride, no padding, no groups): the conv is a GEMM.
+        self._patch_gemm = (conv.kernel_size[0] == conv.kernel_size[1] and conv.stride == conv.kernel_size
+                            and conv.padding == (0, 0) and conv.groups == 1 and conv.dilation == (1, 1))
+        self.residual_layer_norm = maybe_compiled(residual_layer_norm, "residual LayerNorm", compile_kernels,
+                                                  dynamic=False, fullgraph=True)
+
+    def _add_norm(self, x: torch.Tensor, y: torch.Tensor, norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and norm.bias is not None:
+            return self.residual_layer_norm(x, y, norm.weight, norm.bias, norm.eps)
+        x = x + y
+        return x, norm(x)
+
+    def _patch_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, P, P, C), as ``trunk.patch_embed``."""
+        conv = self.trunk.patch_embed.proj
+        k = conv.kernel_size[0]
+        b, ch, h, w = x.shape
+        if not self._patch_gemm or h % k or w % k:
+            return self.trunk.patch_embed(x)
+        patches = x.view(b, ch, h // k, k, w // k, k).permute(0, 2, 4, 1, 3, 5).reshape(-1, ch * k * k)
+        return F.linear(patches, conv.weight.flatten(1), conv.bias).view(b, h // k, w // k, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, C, P, P), as ``trunk(x)[-1]``."""
         from sam3.model.vitdet import get_abs_pos
 
         t = self.trunk
-        x = t.patch_embed(x)  # (B, P, P, C)
+        x = self._patch_embed(x)  # (B, P, P, C)
         b, h, w, c = x.shape
         if (h, w) != (self.grid, self.grid):
             raise ValueError(f"input gives a {h}x{w} token grid; this trunk was prepared for {self.grid}")
         if t.pos_embed is not None:
             x = x + get_abs_pos(t.pos_embed, t.pretrain_use_cls_token, (h, w), t.retain_cls_token, tiling=t.tile_abs_pos)
         x = t.ln_pre(x).reshape(b, h * w, c)[:, self.order]
-        for blk in self.blocks:
-            x = blk(x)
-        x = t.ln_post(x)[:, self.inverse]
+        # x + branch(norm(x)) for every branch, the add fused with the norm that reads it next.
+        steps = [nb for blk in self.blocks for nb in blk.branches()]
+        normed = steps[0][0](x) if steps else t.ln_post(x)
+        for i, (_, branch) in enumerate(steps):
+            nxt = steps[i + 1][0] if i + 1 < len(steps) else t.ln_post
+            x, normed = self._add_norm(x, branch(normed), nxt)
+        x = normed[:, self.inverse]
         return x.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 class FastViTDetection(nn.Module):
     """``forward_detection`` of :class:`dart_ros.model.vit.DetectionViTNeck` on :class:`FastViTTrunk`."""
 
-    def __init__(self, neck: nn.Module, grid: int, compile_rope: bool = False, gelu_epilogue: bool = False):
+    def __init__(self, neck: nn.Module, grid: int, compile_kernels: bool = False, gelu_epilogue: bool = False):
         super().__init__()
         from dart_ros.model.vit import DETECTION_SCALE
 
         self.neck = neck
-        self.fast_trunk = FastViTTrunk(neck.trunk, grid, compile_rope, gelu_epilogue)
+        self.fast_trunk = FastViTTrunk(neck.trunk, grid, compile_kernels, gelu_epilogue)
         self.conv = neck.convs[neck.scale_factors.index(DETECTION_SCALE)]
 
     def forward_detection(self, x: torch.Tensor) -> torch.Tensor:
