@@ -18,7 +18,9 @@ encoder and decoder layers) compute, from the same parameters, but arranged for 
 - **Fewer memory passes**: the position encoding is added from a contiguous pre-expanded copy
   (vectorised kernels instead of broadcasting ones); the q/k projections of a self-attention share
   one GEMM; the decoder's keys use one ``memory + pos`` for all layers; the boxRPB bias is written
-  once, in the attention's dtype and layout, with the presence token's zero row in place.
+  once, in the attention's dtype and layout, with the presence token's zero row in place; its
+  two MLPs (2 -> 256 -> 8 per grid row and column) run as one kernel
+  (:mod:`dart_ros.runtime.narrow_mlp`).
 - **Compiled stages** (``compile_stages``): the encoder and decoder loops go through
   ``torch.compile``, which fuses the residual adds, LayerNorms, casts and the decoder's many small
   element-wise ops into Triton kernels (GEMMs and attention stay on cuBLAS / cuDNN).
@@ -39,6 +41,7 @@ from torch import nn
 
 from dart_ros.runtime.attention import attention
 from dart_ros.runtime.compiled import maybe_compiled
+from dart_ros.runtime.narrow_mlp import narrow_mlp
 
 
 @dataclasses.dataclass
@@ -283,8 +286,8 @@ class FusedEncDec(nn.Module):
         if dec.boxRPB in ("log", "both"):
             logs = [torch.sign(d * 8) * torch.log2(torch.abs(d * 8) + 1.0) / math.log2(8) for d in (dx, dy)]
             dx, dy = logs if dec.boxRPB == "log" else (torch.cat([dx, logs[0]], -1), torch.cat([dy, logs[1]], -1))
-        by = _mlp(dy.to(self.dtype), self.rpb_y).permute(0, 3, 1, 2)  # (N, H, Q, P)
-        bx = _mlp(dx.to(self.dtype), self.rpb_x).permute(0, 3, 1, 2)
+        by = narrow_mlp(dy.to(self.dtype), self.rpb_y).permute(0, 3, 1, 2)  # (N, H, Q, P)
+        bx = narrow_mlp(dx.to(self.dtype), self.rpb_x).permute(0, 3, 1, 2)
         heads = by.shape[1]
         rows = torch.zeros(n, heads, out_rows, 2 * self.p, device=ref.device, dtype=self.dtype)
         rows[:, :, out_rows - q:, : self.p] = by  # the leading rows stay zero (presence token)
