@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -98,6 +98,7 @@ class Detector:
         self.text_cache = TextCache(model.text_identity, config.text_cache)
         self._tokenizer = None
         self._pos = self._position_encoding()
+        self._pos_cast: Dict[torch.dtype, torch.Tensor] = {}
         self._vocab: Optional[Vocabulary] = None
         self._vocab_lock = threading.Lock()
         self._post = config.postprocess_params()
@@ -221,6 +222,15 @@ class Detector:
         if rebuild:
             self._build_encdec_runner()
 
+    def _pos_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """The position encoding in ``dtype``, cast once (not per frame)."""
+        if self._pos.dtype == dtype:
+            return self._pos
+        cast = self._pos_cast.get(dtype)
+        if cast is None:
+            cast = self._pos_cast[dtype] = self._pos.to(dtype)
+        return cast
+
     @torch.inference_mode()
     def _position_encoding(self) -> torch.Tensor:
         p = self.model.feature_size
@@ -335,19 +345,30 @@ class Detector:
         return prompt, mask
 
     @torch.inference_mode()
-    def encode_decode(self, feat: torch.Tensor, vocab: Optional[Vocabulary] = None) -> encdec.EncDecOutput:
-        """(1, C, P, P) features of one image -> raw outputs for every class of ``vocab``."""
+    def encode_decode(self, feat: torch.Tensor, vocab: Optional[Vocabulary] = None,
+                      after_encoder: Optional[Callable[[], None]] = None) -> encdec.EncDecOutput:
+        """(1, C, P, P) features of one image -> raw outputs for every class of ``vocab``.
+
+        ``after_encoder()`` is called once the encoder's work is queued and before the decoder's
+        (CUDA graphs; elsewhere at the end): the pipeline starts the next frame's backbone there.
+        """
         vocab = vocab or self._require_vocab()
+        out = self._encode_decode(feat, vocab, after_encoder)
+        if after_encoder is not None and not (self._fast and self._ed is not None):
+            after_encoder()
+        return out
+
+    def _encode_decode(self, feat: torch.Tensor, vocab: Vocabulary, after_encoder) -> encdec.EncDecOutput:
         p = self.model.feature_size
         if self._fast:
             img_feat = encdec.flatten_features(feat)
-            img_pos = self._pos.to(img_feat.dtype)
+            img_pos = self._pos_as(img_feat.dtype)
             official = self.config.prompt_mode == "official"
             cache = vocab.prompt_cache
             if cache is None:  # a Vocabulary built before the fast runtime existed
                 cache = self._ed_module.prompt_cache(vocab.text, vocab.mask)
             if self._ed is not None:
-                return self._ed(img_feat, img_pos, cache, official)
+                return self._ed(img_feat, img_pos, cache, official, after_encoder)
             return encdec.EncDecOutput(*self._ed_module(img_feat, img_pos, cache, official))
         with self._autocast():
             img_feat = encdec.flatten_features(feat)
@@ -390,13 +411,20 @@ class Detector:
         return v
 
     def _finish(self, raw: encdec.EncDecOutput, info: ResizeInfo, vocab: Vocabulary) -> Detections:
-        boxes, scores, ids = postprocess(
-            raw.scores(), raw.boxes, (info.scale_x, info.scale_y), info.source_hw, self._post
-        )
+        """Raw outputs -> Detections. On CUDA: one copy to the host and one wait (for the current
+        stream only), then thresholding, NMS and top-k on the CPU. The N×Q candidates are a few
+        hundred kilobytes even at 80 classes; on the GPU the same steps are ~20 small kernels and
+        several synchronisations, each queued behind whatever else the GPU runs (in the pipeline:
+        the next frame's backbone)."""
+        scores, boxes = raw.scores(), raw.boxes.float()
+        if scores.is_cuda:
+            scores, boxes = scores.to("cpu", non_blocking=True), boxes.to("cpu", non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+        boxes, scores, ids = postprocess(scores, boxes, (info.scale_x, info.scale_y), info.source_hw, self._post)
         return Detections(
-            boxes=boxes.cpu().numpy().astype(np.float32),
-            scores=scores.cpu().numpy().astype(np.float32),
-            class_ids=ids.cpu().numpy().astype(np.int64),
+            boxes=boxes.numpy().astype(np.float32),
+            scores=scores.numpy().astype(np.float32),
+            class_ids=ids.numpy().astype(np.int64),
             class_names=list(vocab.names),
             image_size=info.source_hw,
         )

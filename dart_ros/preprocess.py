@@ -74,6 +74,20 @@ def as_hwc_tensor(image: Union[np.ndarray, torch.Tensor], color: str) -> torch.T
     return t
 
 
+def upload(hwc: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A frame on ``device``, copied on the current stream.
+
+    A host frame is staged in page-locked memory first: the copy to a GPU is then one asynchronous
+    DMA (torch's pinned-memory cache keeps the staging buffer until the copy has run). From
+    pageable memory the driver copies through its own bounce buffers with the host taking part.
+    """
+    if hwc.device.type != "cpu" or device.type != "cuda":
+        return hwc.to(device)
+    staged = torch.empty(hwc.shape, dtype=hwc.dtype, pin_memory=True)
+    staged.copy_(hwc)
+    return staged.to(device, non_blocking=True)
+
+
 def preprocess(
     image: Union[np.ndarray, torch.Tensor],
     size: int,
@@ -93,7 +107,7 @@ def preprocess(
 
     hwc = as_hwc_tensor(image, color)
     h, w = int(hwc.shape[0]), int(hwc.shape[1])
-    x = hwc.to(device, non_blocking=True)
+    x = upload(hwc, device)
     order = COLOR_LAYOUTS[color][1]
     x = x.permute(2, 0, 1)[list(order)]  # (3, H, W) RGB, uint8
     if not letterbox:

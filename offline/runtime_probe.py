@@ -1,7 +1,8 @@
-"""Probes behind two fast-runtime decisions (CUDA; random ViT-H weights; prints and writes JSON).
+"""Probes behind the fast runtime's design decisions (CUDA; random ViT-H weights; prints and writes JSON).
 
     python offline/runtime_probe.py compile --mode auto --out artifacts/probe
     python offline/runtime_probe.py overlap --classes 1 4 --out artifacts/probe
+    python offline/runtime_probe.py backbone --out artifacts/probe
     python offline/runtime_probe.py attention --classes 1 4 16 80 --out artifacts/probe
 
 compile   enc-dec graph replay time at 1/4/16/80 classes and the start-up cost of capturing every
@@ -9,9 +10,13 @@ compile   enc-dec graph replay time at 1/4/16/80 classes and the start-up cost o
           with static (``static``: one specialisation per bucket) or automatic dynamic shapes
           (``auto``, what ``compile_encdec`` uses). One mode per process: dynamo's caches are global.
 overlap   does the two-stream pipeline overlap the stages? Sequential and pipelined frame times
-          (numpy and GPU-resident frames) next to the stage graphs alone, sequential and replayed
-          on two streams with only events between them. If the latter is close to the sum of the
-          stages, the GPU is saturated and pipelining can only hide host time.
+          (numpy and GPU-resident frames; the enc-dec stream at high and at equal priority) next
+          to the stage graphs alone, sequential and replayed on two streams with only events
+          between them. If the latter is close to the sum of the stages, the GPU is saturated and
+          pipelining can only hide host time.
+backbone  the ViT-H backbone graph with its attention on SDPA (cuDNN) and on our Triton kernel
+          (windows of 576 tokens and the global blocks, 16 heads of 64), same process; and the
+          cosine between the two feature maps.
 attention the encoder self-attention alone (N classes × 5,184 tokens, 8 heads of 32; q and k as
           halves of one GEMM output, as the enc-dec calls it): SDPA (cuDNN) against every block
           configuration of the Triton kernel (``dart_ros.runtime.attention``) and the autotuned
@@ -71,8 +76,24 @@ def probe_compile(mode: str) -> Dict[str, object]:
     return row
 
 
-def probe_overlap(classes) -> Dict[str, object]:
-    det = Detector(DetectorConfig(backbone="vit_h", device="cuda", precision="bf16", runtime="fast"))
+def _pipelined_ms(det, frames_, k: int = 60) -> float:
+    for f in frames_:
+        det.submit(f)
+    det.flush()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(k):
+        det.submit(frames_[i % len(frames_)])
+    det.flush()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3 / k
+
+
+def probe_overlap(classes, compile_encdec: bool = False) -> Dict[str, object]:
+    from dart_ros.runtime.pipeline import ENCDEC_PRIORITY, StreamPipeline
+
+    det = Detector(DetectorConfig(backbone="vit_h", device="cuda", precision="bf16", runtime="fast",
+                                  compile_encdec=compile_encdec))
     det.warm_up()
     host = frames()
     gpu = [torch.from_numpy(f).cuda() for f in host]
@@ -83,38 +104,51 @@ def probe_overlap(classes) -> Dict[str, object]:
         vocab = det.vocabulary
         row = {"sequential_ms": cuda_median_ms(lambda: det.detect(host[0])),
                "sequential_gpu_frame_ms": cuda_median_ms(lambda: det.detect(gpu[0]))}
-        for name, fr in (("numpy", host), ("gpu", gpu)):
-            for f in fr:
-                det.submit(f)
-            det.flush()
-            torch.cuda.synchronize()
-            k = 40
-            t0 = time.perf_counter()
-            for i in range(k):
-                det.submit(fr[i % len(fr)])
-            det.flush()
-            torch.cuda.synchronize()
-            row[f"pipelined_{name}_ms"] = (time.perf_counter() - t0) * 1e3 / k
+        for priority in (ENCDEC_PRIORITY, 0):
+            det._pipeline = StreamPipeline(det, encdec_priority=priority)
+            tag = "" if priority == ENCDEC_PRIORITY else "_equal_priority"
+            for name, fr in (("numpy", host), ("gpu", gpu)):
+                row[f"pipelined_{name}{tag}_ms"] = _pipelined_ms(det, fr)
+        det._pipeline = None
         feat = det._bb.run(px, 0).clone()
         row["backbone_ms"] = cuda_median_ms(lambda: det._bb.run(px, 0))
         row["encdec_ms"] = cuda_median_ms(lambda: det.encode_decode(feat, vocab))
         row["stages_sequential_ms"] = cuda_median_ms(lambda: det.encode_decode(det._bb.run(px, 0), vocab))
-        a, b = torch.cuda.Stream(), torch.cuda.Stream()
-        k = 20
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for i in range(k):  # timing only: slot reuse is not guarded here
-            with torch.cuda.stream(a):
-                det._bb.graphs[i % 2].replay()
-                done = torch.cuda.Event()
-                done.record()
-            with torch.cuda.stream(b):
-                b.wait_event(done)
-                det.encode_decode(det._bb.outputs[i % 2], vocab)
-        torch.cuda.synchronize()
-        row["stages_two_streams_ms"] = (time.perf_counter() - t0) * 1e3 / k
+        for tag, priority in (("", 0), ("_priority", ENCDEC_PRIORITY)):
+            a, b = torch.cuda.Stream(), torch.cuda.Stream(priority=priority)
+            k = 20
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for i in range(k):  # timing only: slot reuse is not guarded here
+                with torch.cuda.stream(a):
+                    det._bb.graphs[i % 2].replay()
+                    done = torch.cuda.Event()
+                    done.record()
+                with torch.cuda.stream(b):
+                    b.wait_event(done)
+                    det.encode_decode(det._bb.outputs[i % 2], vocab)
+            torch.cuda.synchronize()
+            row[f"stages_two_streams{tag}_ms"] = (time.perf_counter() - t0) * 1e3 / k
         out[f"classes={n}"] = row
         print(n, json.dumps(row), flush=True)
+    return out
+
+
+def probe_backbone() -> Dict[str, object]:
+    from dart_ros.runtime import attention as att
+    from dart_ros.runtime.backbone import cosine
+
+    out: Dict[str, object] = {}
+    feats = {}
+    for name, enabled in (("sdpa", False), ("kernel", True)):
+        with att.use_kernels(enabled):  # graphs captured inside keep the choice
+            det = Detector(DetectorConfig(backbone="vit_h", device="cuda", precision="bf16", runtime="fast"))
+            px = det.preprocess(frames(1)[0])[0]
+            feats[name] = det._bb.run(px, 0).clone()
+            out[f"backbone_ms_{name}"] = cuda_median_ms(lambda: det._bb.run(px, 0))
+        print(name, round(out[f"backbone_ms_{name}"], 3), flush=True)
+        del det
+    out["feature_cosine"] = cosine(feats["sdpa"], feats["kernel"])
     return out
 
 
@@ -187,9 +221,10 @@ def probe_attention(classes) -> Dict[str, object]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("compile", "overlap", "attention"))
+    ap.add_argument("probe", choices=("compile", "overlap", "backbone", "attention"))
     ap.add_argument("--mode", default="auto", choices=("off", "static", "auto"), help="compile probe")
     ap.add_argument("--classes", nargs="+", type=int, default=[1, 4], help="overlap and attention probes")
+    ap.add_argument("--compile-encdec", action="store_true", help="overlap probe: compiled enc-dec loops")
     ap.add_argument("--out", default="artifacts/probe")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -198,8 +233,11 @@ def main(argv=None) -> int:
         result = probe_compile(args.mode)
         name = f"compile_{args.mode}"
     elif args.probe == "overlap":
-        result = probe_overlap(args.classes)
-        name = "overlap"
+        result = probe_overlap(args.classes, args.compile_encdec)
+        name = "overlap_compiled" if args.compile_encdec else "overlap"
+    elif args.probe == "backbone":
+        result = probe_backbone()
+        name = "backbone"
     else:
         result = probe_attention(args.classes)
         name = "attention"

@@ -14,7 +14,7 @@ version, kept as the ONNX export's module and as the fused module's reference).
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -112,11 +112,13 @@ class EncDecGraphs:
 
     ``module(img_feat, img_pos, prompt, geometry_token)`` takes a per-vocabulary prompt object with
     the interface of :class:`dart_ros.runtime.fused_encdec.PromptCache` (class axis first:
-    ``len``, ``empty_like(n)``, ``copy_rows_(src, start, count)``, ``mask`` (N, T)). One graph is
+    ``len``, ``empty_like(n)``, ``copy_rows_(src, start, count)``, ``mask`` (N, T)). Graphs are
     captured per class-count bucket, prompt length and prompt mode; a vocabulary of N classes runs
     as ⌈N/max bucket⌉ replays, the last chunk padded up to its bucket with a valid prompt.
-    Replays run on the current stream and never synchronise the host. The returned tensors are
-    fresh (cloned on the stream), so callers may keep them across replays.
+    A module with ``encode(...) -> state`` and ``decode(*state)`` halves is captured as two graphs
+    replayed back to back, so that a caller can queue work on another stream between them
+    (``after_encoder``). Replays run on the current stream and never synchronise the host. The
+    returned tensors are fresh (cloned on the stream), so callers may keep them across replays.
     """
 
     def __init__(self, module: nn.Module, buckets: Sequence[int] = (1, 2, 4, 8, 16)):
@@ -157,27 +159,50 @@ class EncDecGraphs:
             for _ in range(2):  # warm-up: lazily built caches, cuBLAS handles, autotuning
                 self.module(feat, pos, static, geometry)
         torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=side):
-            outputs = self.module(feat, pos, static, geometry)
-        entry = (graph, static, outputs)
+        graphs = []
+        if hasattr(self.module, "encode") and hasattr(self.module, "decode"):
+            # Two graphs in one pool, captured in replay order; the state between them stays
+            # referenced (by the entry), so the decoder's graph never reuses its memory.
+            g_enc, g_dec = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g_enc, pool=self.pool, stream=side):
+                state = self.module.encode(feat, pos, static, geometry)
+            with torch.cuda.graph(g_dec, pool=self.pool, stream=side):
+                outputs = self.module.decode(*state)
+            graphs, keep = [g_enc, g_dec], state
+        else:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool, stream=side):
+                outputs = self.module(feat, pos, static, geometry)
+            graphs, keep = [graph], None
+        entry = (graphs, static, outputs, keep)
         self._graphs[key] = entry
         return entry
 
-    def __call__(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt, geometry_token: bool = False) -> EncDecOutput:
+    def __call__(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt, geometry_token: bool = False,
+                 after_encoder: Optional[Callable[[], None]] = None) -> EncDecOutput:
+        """``after_encoder()``: called on the host once the last chunk's encoder is queued (before
+        its decoder; after the whole pass for a module captured as one graph)."""
         feat, pos = self._static_image(img_feat, img_pos)
         feat.copy_(img_feat)
         pos.copy_(img_pos)
         n, t = len(prompt), prompt.mask.shape[1]
         parts = []
-        for start in range(0, n, self.max_bucket):
+        starts = range(0, n, self.max_bucket)
+        for start in starts:
             chunk = min(self.max_bucket, n - start)
             bucket = next(b for b in self.buckets if b >= chunk)
             key = (bucket, t, geometry_token)
             entry = self._graphs.get(key) or self._capture(key, bucket, prompt, geometry_token)
-            graph, static, outputs = entry
+            graphs, static, outputs, _ = entry
             static.copy_rows_(prompt, start, chunk)
-            graph.replay()
+            graphs[0].replay()
+            last = start == starts[-1]
+            if last and after_encoder is not None and len(graphs) > 1:
+                after_encoder()
+            for g in graphs[1:]:
+                g.replay()
+            if last and after_encoder is not None and len(graphs) == 1:
+                after_encoder()
             logits, boxes, presence = outputs
             parts.append(EncDecOutput(logits[:chunk].clone(), boxes[:chunk].clone(), presence[:chunk].clone()))
         return EncDecOutput.cat(parts)

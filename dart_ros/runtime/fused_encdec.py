@@ -300,6 +300,13 @@ class FusedEncDec(nn.Module):
         """Args: img_feat, img_pos (P², 1, C) seq-first; ``cache`` of the N classes; geometry_token:
         append the image-conditioned geometry CLS token (official prompt mode).
         Returns: logits (N, Q) fp32, boxes (N, Q, 4) cxcywh fp32, presence logits (N,) fp32."""
+        return self.decode(*self.encode(img_feat, img_pos, cache, geometry_token))
+
+    def encode(self, img_feat: torch.Tensor, img_pos: torch.Tensor, cache: PromptCache,
+               geometry_token: bool = False) -> Tuple[torch.Tensor, PromptCache, torch.Tensor]:
+        """The first half of :meth:`forward` (the graph runner captures the halves separately, so
+        that the pipeline can start the next frame's backbone between them): -> encoder memory
+        (N, L, C), the prompt (with the geometry token in official mode), the attend mask."""
         n = len(cache)
         prompt = self._geometry(img_feat, img_pos, n, cache) if geometry_token else cache
         attend = (~prompt.mask)[:, None, None, :]  # (N, 1, 1, T) True = attend
@@ -307,8 +314,12 @@ class FusedEncDec(nn.Module):
         # would carry that layout through every layer (measured: +20 % enc-dec time).
         img = img_feat.transpose(0, 1).to(self.dtype).contiguous()
         pos = self._pos_n(n)  # (N, L, C), built outside the compiled functions
-        memory = self.run_encoder(img, prompt, attend, pos)  # (N, L, C)
-        normed, ref, presence = self.run_decoder(memory, prompt, attend, pos)
+        return self.run_encoder(img, prompt, attend, pos), prompt, attend
+
+    def decode(self, memory: torch.Tensor, prompt: PromptCache,
+               attend: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The second half of :meth:`forward`: decoder, presence head and scoring."""
+        normed, ref, presence = self.run_decoder(memory, prompt, attend, self._pos_n(len(prompt)))
         dec = self.sam3.transformer.decoder
         presence_logits = dec.presence_token_head(dec.presence_token_out_norm(presence.float()))[:, 0, 0]
         return self._scores(normed, prompt), ref, presence_logits
