@@ -87,7 +87,10 @@ def postprocess(
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
     if params.nms_iou < 1.0 and sel_scores.numel():
         labels = nms_labels(class_ids, params.nms_mode, params.nms_groups)
-        order = batched_nms(boxes, sel_scores, labels, params.nms_iou)
+        kept = batched_nms(boxes, sel_scores, labels, params.nms_iou).sort().values
+        # Equal scores in candidate order (class-major), whatever order torchvision's CPU or CUDA
+        # path returned them in: the same result on every device.
+        order = kept[torch.argsort(sel_scores[kept], descending=True, stable=True)]
     else:
         order = torch.argsort(sel_scores, descending=True, stable=True)
     if params.max_detections > 0:
