@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 Image = Union[np.ndarray, torch.Tensor]
 
+# Above this many candidates (scores over the threshold) NMS runs on the GPU, below it on the CPU.
+HOST_NMS_MAX_CANDIDATES = 256
+
 
 class InvalidClassesError(ValueError):
     """A requested vocabulary was rejected; the previous vocabulary stays active."""
@@ -412,15 +415,21 @@ class Detector:
 
     def _finish(self, raw: encdec.EncDecOutput, info: ResizeInfo, vocab: Vocabulary) -> Detections:
         """Raw outputs -> Detections. On CUDA: one copy to the host and one wait (for the current
-        stream only), then thresholding, NMS and top-k on the CPU. The N×Q candidates are a few
-        hundred kilobytes even at 80 classes; on the GPU the same steps are ~20 small kernels and
-        several synchronisations, each queued behind whatever else the GPU runs (in the pipeline:
-        the next frame's backbone)."""
+        stream only), then thresholding, NMS and top-k on the CPU, unless more than
+        :data:`HOST_NMS_MAX_CANDIDATES` scores pass the threshold. The N×Q scores and boxes are a
+        few hundred kilobytes even at 80 classes; on the GPU the same steps are ~20 small kernels
+        and several synchronisations, each queued behind whatever else the GPU runs (in the
+        pipeline: the next frame's backbone). NMS over thousands of candidates (a low threshold
+        over many classes) is quadratic and belongs on the GPU."""
         scores, boxes = raw.scores(), raw.boxes.float()
         if scores.is_cuda:
-            scores, boxes = scores.to("cpu", non_blocking=True), boxes.to("cpu", non_blocking=True)
+            host_scores, host_boxes = scores.to("cpu", non_blocking=True), boxes.to("cpu", non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()
+            candidates = int((host_scores > self._post.confidence_threshold).sum())
+            if candidates <= HOST_NMS_MAX_CANDIDATES or self._post.nms_iou >= 1.0:
+                scores, boxes = host_scores, host_boxes
         boxes, scores, ids = postprocess(scores, boxes, (info.scale_x, info.scale_y), info.source_hw, self._post)
+        boxes, scores, ids = boxes.cpu(), scores.cpu(), ids.cpu()
         return Detections(
             boxes=boxes.numpy().astype(np.float32),
             scores=scores.numpy().astype(np.float32),

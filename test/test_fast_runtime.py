@@ -346,3 +346,25 @@ def test_pipeline_returns_the_sequential_results_in_order(rng):
         np.testing.assert_array_equal(g.class_ids, w.class_ids)
         np.testing.assert_allclose(g.scores, w.scores, atol=1e-3)
         np.testing.assert_allclose(g.boxes, w.boxes, atol=0.5)
+
+
+@pytest.mark.gpu
+def test_host_and_gpu_postprocessing_agree(rng, monkeypatch):
+    """_finish post-processes on the CPU below HOST_NMS_MAX_CANDIDATES candidates, on the GPU above:
+    both give the same detections (same order too: ties are broken by candidate index)."""
+    import dart_ros.detector as detector_module
+
+    det = make_detector("tiny", device="cuda", precision="bf16", confidence_threshold=0.05, nms_iou=0.5)
+    det.set_classes(list(COCO_CLASSES[:6]))
+    img = random_image(rng, 480, 640)
+    pixels, info = det.preprocess(img)
+    raw = det.encode_decode(det.features(pixels))
+    results = []
+    for limit in (0, 10**9):  # everything on the GPU, everything on the CPU
+        monkeypatch.setattr(detector_module, "HOST_NMS_MAX_CANDIDATES", limit)
+        results.append(det._finish(raw, info, det.vocabulary))
+    gpu, host = results
+    assert len(gpu.scores) > 10  # NMS had work to do
+    np.testing.assert_array_equal(host.class_ids, gpu.class_ids)
+    np.testing.assert_allclose(host.scores, gpu.scores, atol=1e-6)
+    np.testing.assert_allclose(host.boxes, gpu.boxes, atol=1e-3)
