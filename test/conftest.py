@@ -1,5 +1,9 @@
 """Shared fixtures: tiny random-weight models (CPU), reproducible images, the gpu marker."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -42,3 +46,13 @@ def make_detector(backbone="tiny", **kw):
 @pytest.fixture(scope="module")
 def tiny_detector():
     return make_detector("tiny", confidence_threshold=0.0)
+
+
+def run_in_triton_interpreter(module: str, check: str) -> None:
+    """``module.check()`` in a fresh process under Triton's interpreter (TRITON_INTERPRET is read
+    when kernels are defined, so it cannot be switched on inside this one)."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = f"import sys; sys.path.insert(0, {here!r}); import {module} as t; t.{check}()"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]

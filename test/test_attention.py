@@ -6,13 +6,11 @@ are defined, hence a fresh process); on a GPU (``-m gpu``) compiled, at the enc-
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
+
+from conftest import run_in_triton_interpreter
 
 triton = pytest.importorskip("triton")
 
@@ -71,20 +69,12 @@ def check_biased_kernel() -> None:
         assert err < tol, (n, lq, lk, dtype, splits, err)
 
 
-def _interpret(check: str) -> None:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    here = os.path.dirname(os.path.abspath(__file__))
-    code = f"import sys; sys.path.insert(0, {here!r}); import test_attention as t; t.{check}()"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 def test_flash_kernel_matches_sdpa_in_the_interpreter():
-    _interpret("check_flash_kernel")
+    run_in_triton_interpreter("test_attention", "check_flash_kernel")
 
 
 def test_biased_kernel_matches_sdpa_in_the_interpreter():
-    _interpret("check_biased_kernel")
+    run_in_triton_interpreter("test_attention", "check_biased_kernel")
 
 
 def test_attention_uses_sdpa_where_the_kernel_does_not_apply():

@@ -6,13 +6,11 @@ when kernels are defined); on a GPU (``-m gpu``) compiled, at the decoder's 80-c
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
+
+from conftest import run_in_triton_interpreter
 
 triton = pytest.importorskip("triton")
 
@@ -42,11 +40,7 @@ def check_kernel() -> None:
 
 
 def test_kernel_matches_the_layers_in_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    here = os.path.dirname(os.path.abspath(__file__))
-    code = f"import sys; sys.path.insert(0, {here!r}); import test_narrow_mlp as t; t.check_kernel()"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_in_triton_interpreter("test_narrow_mlp", "check_kernel")
 
 
 def test_narrow_mlp_runs_the_layers_where_the_kernel_does_not_apply():
