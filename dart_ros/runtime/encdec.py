@@ -195,14 +195,10 @@ class EncDecGraphs:
             entry = self._graphs.get(key) or self._capture(key, bucket, prompt, geometry_token)
             graphs, static, outputs, _ = entry
             static.copy_rows_(prompt, start, chunk)
-            graphs[0].replay()
-            last = start == starts[-1]
-            if last and after_encoder is not None and len(graphs) > 1:
-                after_encoder()
-            for g in graphs[1:]:
+            for i, g in enumerate(graphs):  # the encoder's graph first (or the whole pass)
                 g.replay()
-            if last and after_encoder is not None and len(graphs) == 1:
-                after_encoder()
+                if i == 0 and start == starts[-1] and after_encoder is not None:
+                    after_encoder()
             logits, boxes, presence = outputs
             parts.append(EncDecOutput(logits[:chunk].clone(), boxes[:chunk].clone(), presence[:chunk].clone()))
         return EncDecOutput.cat(parts)

@@ -91,7 +91,8 @@ def _rope_tables(attn: nn.Module, order: Optional[torch.Tensor]) -> Tuple[torch.
 
 
 class _FastBlock(nn.Module):
-    """One ViT block (or a pruned one) over window-major tokens (1, L, C)."""
+    """One ViT block (or a pruned one) over window-major tokens (1, L, C), as residual branches
+    (:meth:`branches`) that :class:`FastViTTrunk` chains."""
 
     def __init__(self, block: nn.Module, grid: int, order: torch.Tensor, rope=rope_qk, gelu_epilogue: bool = False):
         super().__init__()
@@ -136,11 +137,6 @@ class _FastBlock(nn.Module):
         # Every window is a sequence of 576 tokens: enough work per call however few tokens each has.
         o = attention(q, k, v, self.heads, min_tokens=0)
         return self.proj(o.reshape(b, n, c))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for norm, branch in self.branches():
-            x = x + branch(norm(x))
-        return x
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         if not self.gelu_epilogue:
