@@ -4,6 +4,8 @@
     python offline/runtime_probe.py overlap --classes 1 4 --out artifacts/probe
     python offline/runtime_probe.py backbone --out artifacts/probe
     python offline/runtime_probe.py attention --classes 1 4 16 80 --out artifacts/probe
+    python offline/runtime_probe.py gaps --classes 1 4 --compile-encdec --out artifacts/probe
+    python offline/runtime_probe.py gemms --out artifacts/probe
 
 compile   enc-dec graph replay time at 1/4/16/80 classes and the start-up cost of capturing every
           bucket in both prompt modes, with the encoder/decoder loops eager (``off``) or compiled
@@ -24,6 +26,10 @@ attention the encoder self-attention alone (N classes × 5,184 tokens, 8 heads o
           max error against fp32; the cross-attention to a padded text prompt and the decoder's
           biased cross-attention (SDPA vs kernel; host launch cost included at small sizes);
           then the whole enc-dec graph with the kernels off and on.
+gaps      how much of each graph replay the GPU spends between kernels: the backbone graph and the
+          enc-dec graphs replayed back to back under the profiler; per replay the kernel count,
+          the summed and the merged (busy) kernel time, and the idle rest. Idle time that grows
+          with the kernel count is launch latency, which fewer, larger kernels remove.
 """
 
 from __future__ import annotations
@@ -219,12 +225,103 @@ def probe_attention(classes) -> Dict[str, object]:
     return out
 
 
+def _busy_ms(fn, replays: int = 20, top: int = 25) -> Dict[str, object]:
+    """Kernel count, summed kernel time, merged busy time, wall span and the ``top`` kernels
+    (name, ms, launches) per call of ``fn`` (profiled)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+    by_name: Dict[str, list] = {}
+    for e in kernels:
+        t = by_name.setdefault(e.name[:100], [0.0, 0])
+        t[0] += (e.time_range.end - e.time_range.start) / replays / 1e3
+        t[1] += 1 / replays
+    busy, end = 0.0, float("-inf")
+    for a, b in spans:  # union of the intervals (µs); copies and kernels of other streams included
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    wall = spans[-1][1] - spans[0][0]
+    return {"kernels": len(spans) / replays, "kernel_sum_ms": sum(b - a for a, b in spans) / replays / 1e3,
+            "busy_ms": busy / replays / 1e3, "span_ms": wall / replays / 1e3,
+            "idle_ms": (wall - busy) / replays / 1e3,
+            "top": [(name, round(ms, 4), round(count, 1)) for name, (ms, count) in
+                    sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]]}
+
+
+def probe_gaps(classes, compile_encdec: bool = False) -> Dict[str, object]:
+    det = Detector(DetectorConfig(backbone="vit_h", device="cuda", precision="bf16", runtime="fast",
+                                  compile_encdec=compile_encdec))
+    px = det.preprocess(frames(1)[0])[0]
+    feat = det._bb.run(px, 0).clone()
+    out: Dict[str, object] = {"backbone": _busy_ms(lambda: det._bb.run(px, 0))}
+    out["backbone"]["graph_ms"] = cuda_median_ms(lambda: det._bb.run(px, 0))
+    print("backbone", json.dumps(out["backbone"]), flush=True)
+    for n in classes:
+        det.set_classes(list(COCO_CLASSES[:n]))
+        row = _busy_ms(lambda: det.encode_decode(feat))
+        row["graph_ms"] = cuda_median_ms(lambda: det.encode_decode(feat))
+        out[f"encdec@{n}"] = row
+        print(f"enc-dec {n}", json.dumps(row), flush=True)
+    return out
+
+
+def probe_gemms() -> Dict[str, object]:
+    import torch.nn.functional as F
+
+
+    tokens, dim, hidden = 5184, 1024, 4736
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g) * scale
+
+    x, h = rand(tokens, dim), rand(tokens, hidden)
+    w1, b1, w2, b2 = rand(hidden, dim, scale=0.03), rand(hidden), rand(dim, hidden, scale=0.015), rand(dim)
+    wq, bq, wp = rand(3 * dim, dim, scale=0.03), rand(3 * dim), rand(dim, dim, scale=0.03)
+    flop_mlp, flop_qkv, flop_proj = 2 * tokens * dim * hidden, 2 * tokens * dim * 3 * dim, 2 * tokens * dim * dim
+    cases = {
+        "fc1_gelu_epilogue": (lambda: torch._addmm_activation(b1, x, w1.t(), use_gelu=True), flop_mlp),
+        "fc1_bias": (lambda: torch.addmm(b1, x, w1.t()), flop_mlp),
+        "fc1_no_bias": (lambda: torch.mm(x, w1.t()), flop_mlp),
+        "fc2_bias": (lambda: torch.addmm(b2, h, w2.t()), flop_mlp),
+        "qkv_bias": (lambda: torch.addmm(bq, x, wq.t()), flop_qkv),
+        # the residual stream as the GEMM's C operand (beta = 1) instead of its bias vector
+        "fc2_residual": (lambda: torch.addmm(x, h, w2.t()), flop_mlp),
+        "proj_bias": (lambda: torch.addmm(b2, x, wp.t()), flop_proj),
+        "proj_residual": (lambda: torch.addmm(x, x, wp.t()), flop_proj),
+    }
+    autotuned = {
+        "fc1_gelu_max_autotune": (lambda a: F.gelu(F.linear(a, w1, b1), approximate="tanh"), x, flop_mlp),
+        "fc2_max_autotune": (lambda a: F.linear(a, w2, b2), h, flop_mlp),
+        "qkv_max_autotune": (lambda a: F.linear(a, wq, bq), x, flop_qkv),
+    }
+    for name, (fn, arg, flop) in autotuned.items():
+        compiled = torch.compile(fn, mode="max-autotune-no-cudagraphs")
+        compiled(arg)
+        cases[name] = (lambda c=compiled, a=arg: c(a), flop)
+    out: Dict[str, object] = {}
+    for name, (fn, flop) in cases.items():
+        ms = cuda_events_ms(fn)
+        out[name] = {"us": round(ms * 1e3, 1), "tflops": round(flop / ms / 1e9, 1)}
+        print(name, out[name], flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("probe", choices=("compile", "overlap", "backbone", "attention"))
+    ap.add_argument("probe", choices=("compile", "overlap", "backbone", "attention", "gaps", "gemms"))
     ap.add_argument("--mode", default="auto", choices=("off", "static", "auto"), help="compile probe")
-    ap.add_argument("--classes", nargs="+", type=int, default=[1, 4], help="overlap and attention probes")
-    ap.add_argument("--compile-encdec", action="store_true", help="overlap probe: compiled enc-dec loops")
+    ap.add_argument("--classes", nargs="+", type=int, default=[1, 4], help="overlap, attention and gaps probes")
+    ap.add_argument("--compile-encdec", action="store_true", help="overlap and gaps probes: compiled enc-dec loops")
     ap.add_argument("--out", default="artifacts/probe")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -235,6 +332,12 @@ def main(argv=None) -> int:
     elif args.probe == "overlap":
         result = probe_overlap(args.classes, args.compile_encdec)
         name = "overlap_compiled" if args.compile_encdec else "overlap"
+    elif args.probe == "gaps":
+        result = probe_gaps(args.classes, args.compile_encdec)
+        name = "gaps_compiled" if args.compile_encdec else "gaps"
+    elif args.probe == "gemms":
+        result = probe_gemms()
+        name = "gemms"
     elif args.probe == "backbone":
         result = probe_backbone()
         name = "backbone"
