@@ -60,6 +60,31 @@ def test_fused_encdec_equals_graphable(tiny_detector, rng, mode, n):
     torch.testing.assert_close(part[0][: min(n, 8)], want[0][:8], atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("keys_with_pos", [True, False])
+def test_single_query_geometry_token_equals_sam3_layers(batch, keys_with_pos):
+    """Projecting the one query instead of the image's keys and values gives sam3's token (fp32)."""
+    from dart_ros.runtime import geometry_token as single_query
+
+    torch.manual_seed(0)
+    encoder = build_model("tiny").sam3.geometry_encoder.eval()
+    assert single_query.supports(encoder)
+    for layer in encoder.encode:
+        layer.pos_enc_at_cross_attn_keys = keys_with_pos
+        for p in layer.parameters():  # the default init leaves in_proj biases at zero: make them count
+            p.data.add_(0.1 * torch.randn_like(p))
+    c = encoder.cls_embed.weight.shape[1]
+    feat, pos = 2 * torch.randn(144, batch, c), torch.randn(144, batch, c)
+    with torch.inference_mode():
+        want, want_mask = encoder.empty_prompt_token(feat, pos)
+        got, got_mask = single_query.geometry_token(encoder, feat, pos)
+    assert got.shape == want.shape == (1, batch, c)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    assert torch.equal(got_mask, want_mask)
+    if batch > 1:  # each image its own token
+        assert not torch.allclose(got[:, 0], got[:, 1])
+
+
 def test_skipping_attention_weights_changes_nothing(rng):
     from dart_ros.runtime.encdec import skip_attention_weights
 
@@ -216,7 +241,7 @@ def test_compiled_fused_encdec_equals_eager(tiny_detector, rng):
         got = compiled(img_feat, det._pos, cache, True)
     for g, w, name in zip(got, want, ("logits", "boxes", "presence")):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=0, msg=name)
-    assert not compiled.run_encoder.failed and not compiled.run_decoder.failed
+    assert not compiled.run_encoder.failed and not compiled.run_decoder.failed and not compiled.run_geometry.failed
 
 
 def test_disable_compiled_switches_every_compiled_part_to_eager():

@@ -14,10 +14,12 @@ encoder and decoder layers) compute, from the same parameters, but arranged for 
 - **Text projections once per vocabulary.** The K/V projections of the text tokens for every
   encoder cross-attention and decoder text cross-attention, and the scoring MLP of the text
   tokens, are computed when the vocabulary is set (:meth:`FusedEncDec.prompt_cache`); per frame
-  only the image-dependent geometry token is projected.
+  only the image-dependent geometry token is projected. That token's layers project its one query
+  rather than the image's keys and values (:mod:`dart_ros.runtime.geometry_token`).
 - **Fewer memory passes**: the position encoding is added from a contiguous pre-expanded copy
   (vectorised kernels instead of broadcasting ones); the q/k projections of a self-attention share
-  one GEMM; the decoder's keys use one ``memory + pos`` for all layers; the boxRPB bias is written
+  one GEMM; the decoder's image keys and values of all layers come from two GEMMs (they depend on
+  the encoder memory only); the boxRPB bias is written
   once, in the attention's dtype and layout, with the presence token's zero row in place; its
   two MLPs (2 -> 256 -> 8 per grid row and column) run as one kernel
   (:mod:`dart_ros.runtime.narrow_mlp`).
@@ -153,6 +155,23 @@ class FusedEncDec(nn.Module):
             if layer.activation is not F.relu:
                 raise ValueError("FusedEncDec expects ReLU feed-forward layers, as sam3 builds them")
         dec = transformer.decoder
+        # The decoder's image keys and values depend on the encoder memory only, not on the queries:
+        # every layer's projections in two GEMMs D·C wide, instead of 2·D GEMMs C wide that each
+        # ran at ~200 TFLOP/s at 4 classes (K = C = 256 is too short for a wide GEMM's prologue).
+        c = self.dec_layers[0].cross_attn.embed_dim
+        for name, rows in (("mem_k", slice(c, 2 * c)), ("mem_v", slice(2 * c, 3 * c))):
+            mhas = [layer.cross_attn for layer in self.dec_layers]
+            self.register_buffer(name + "_w", torch.cat([m.in_proj_weight[rows] for m in mhas]).detach(),
+                                 persistent=False)
+            self.register_buffer(name + "_b", torch.cat([m.in_proj_bias[rows] for m in mhas]).detach(),
+                                 persistent=False)
+        # The geometry token's K|V for every encoder and decoder cross-attention to the prompt: one GEMV
+        # (the text tokens' are cached per vocabulary, the token's change with every image).
+        prompt_mhas = [layer.cross_attn_image for layer in self.enc_layers] + [layer.ca_text for layer in self.dec_layers]
+        self.register_buffer("token_kv_w", torch.cat([m.in_proj_weight[c:] for m in prompt_mhas]).detach(),
+                             persistent=False)
+        self.register_buffer("token_kv_b", torch.cat([m.in_proj_bias[c:] for m in prompt_mhas]).detach(),
+                             persistent=False)
         # The boxRPB MLPs run over N·Q·P positions per layer: worth the compute dtype.
         self.rpb_x = copy.deepcopy(dec.boxRPB_embed_x).to(dtype) if dec.boxRPB != "none" else None
         self.rpb_y = copy.deepcopy(dec.boxRPB_embed_y).to(dtype) if dec.boxRPB != "none" else None
@@ -176,6 +195,7 @@ class FusedEncDec(nn.Module):
         # lengths). Specialising per bucket measured no faster and exceeds dynamo's recompile limit.
         self.run_encoder = maybe_compiled(self._encoder, "encoder layers", compile_stages, dynamic=None)
         self.run_decoder = maybe_compiled(self._decoder, "decoder layers", compile_stages, dynamic=None)
+        self.run_geometry = maybe_compiled(self._single_query_geometry, "geometry token", compile_stages, dynamic=None)
 
     # ----------------------------------------------------------------------- vocabulary time
 
@@ -202,24 +222,45 @@ class FusedEncDec(nn.Module):
     def _geometry(self, img_feat: torch.Tensor, img_pos: torch.Tensor, n: int, cache: PromptCache):
         """Append the image's geometry CLS token to the cached text projections (official mode)."""
         from dart_ros.model.encdec import geometry_token
+        from dart_ros.runtime import geometry_token as single_query
 
+        encoder = self.sam3.geometry_encoder
+        if single_query.supports(encoder):  # the query projected instead of the 5,184 keys and values
+            return PromptCache(*self.run_geometry(img_feat, img_pos, cache.enc_kv, cache.dec_kv,
+                                                  cache.score_tokens, cache.mask))
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         # One query over P² keys: fused kernels parallelise over queries and leave the GPU idle
         # (0.23 ms per call measured); the plain matmul-softmax-matmul fills it.
         with sdpa_kernel([SDPBackend.MATH]):
             geo, geo_mask = geometry_token(self.sam3, img_feat.float(), img_pos.float(), (self.p, self.p))
+        return PromptCache(*self._append_token(geo, geo_mask, cache.enc_kv, cache.dec_kv, cache.score_tokens,
+                                               cache.mask))
+
+    def _single_query_geometry(self, img_feat: torch.Tensor, img_pos: torch.Tensor, enc_kv: torch.Tensor,
+                               dec_kv: torch.Tensor, score_tokens: torch.Tensor, mask: torch.Tensor):
+        """The token by :mod:`dart_ros.runtime.geometry_token`, appended (compiled with ``compile_stages``:
+        its ~70 small kernels, on the encoder's critical path, fuse into a few)."""
+        from dart_ros.runtime import geometry_token as single_query
+
+        geo, geo_mask = single_query.geometry_token(self.sam3.geometry_encoder, img_feat.float(), img_pos.float())
+        return self._append_token(geo, geo_mask, enc_kv, dec_kv, score_tokens, mask)
+
+    def _append_token(self, geo: torch.Tensor, geo_mask: torch.Tensor, enc_kv: torch.Tensor, dec_kv: torch.Tensor,
+                      score_tokens: torch.Tensor, mask: torch.Tensor):
+        """The prompt cache's tensors with the (1, 1, C) fp32 token ``geo`` projected and appended."""
+        n = len(mask)
         g = geo.transpose(0, 1)  # (1, 1, C) fp32
-        gd = g.to(self.dtype)
-        enc = torch.stack([_proj(layer.cross_attn_image, gd, 1, 3) for layer in self.enc_layers], 1)
-        dec = torch.stack([_proj(layer.ca_text, gd, 1, 3) for layer in self.dec_layers], 1)
+        kv = F.linear(g.to(self.dtype), self.token_kv_w, self.token_kv_b)  # every layer's K|V of the token
+        e, d, width = enc_kv.shape[1], dec_kv.shape[1], enc_kv.shape[-1]
+        enc, dec = kv[..., : e * width].view(1, e, 1, width), kv[..., e * width:].view(1, d, 1, width)
         score = self.sam3.dot_prod_scoring.prompt_mlp
         g_score = score(g) if score is not None else g
-        return PromptCache(
-            torch.cat([cache.enc_kv, enc.expand(n, -1, -1, -1)], dim=2),
-            torch.cat([cache.dec_kv, dec.expand(n, -1, -1, -1)], dim=2),
-            torch.cat([cache.score_tokens, g_score.expand(n, -1, -1)], dim=1),
-            torch.cat([cache.mask, geo_mask.expand(n, -1)], dim=1),
+        return (
+            torch.cat([enc_kv, enc.expand(n, -1, -1, -1)], dim=2),
+            torch.cat([dec_kv, dec.expand(n, -1, -1, -1)], dim=2),
+            torch.cat([score_tokens, g_score.expand(n, -1, -1)], dim=1),
+            torch.cat([mask, geo_mask.expand(n, -1)], dim=1),
         )
 
     def _encoder(self, img: torch.Tensor, prompt: PromptCache, attend_mask: torch.Tensor,
@@ -247,7 +288,8 @@ class FusedEncDec(nn.Module):
         n = len(prompt)
         dec = self.sam3.transformer.decoder
         c = dec.d_model
-        mem_keys = memory + pos  # the same keys' input for every layer
+        keys = F.linear(memory + pos, self.mem_k_w, self.mem_k_b)  # (N, L, D·C): layer i's in columns i·C…
+        values = F.linear(memory, self.mem_v_w, self.mem_v_b)
         tgt = dec.query_embed.weight.to(self.dtype)[None].expand(n, -1, -1)
         ref = dec.reference_points.weight.sigmoid()[None].expand(n, -1, -1)  # fp32 (N, Q, 4)
         presence = dec.presence_token.weight.to(self.dtype)[None].expand(n, -1, -1)
@@ -264,8 +306,8 @@ class FusedEncDec(nn.Module):
                     layer.catext_norm)
             ca = layer.cross_attn
             bias = self._rpb_bias(ref, t.shape[1]) if dec.boxRPB != "none" else None
-            o = attention(_proj(ca, t + query_pos, 0, 1), _proj(ca, mem_keys, 1, 2), _proj(ca, memory, 2, 3),
-                        ca.num_heads, bias)
+            cols = slice(i * c, (i + 1) * c)
+            o = attention(_proj(ca, t + query_pos, 0, 1), keys[..., cols], values[..., cols], ca.num_heads, bias)
             t = _ln(t + _out(ca, o), layer.norm1)
             t = _ln(t + _ffn(t, layer), layer.norm3)
             presence, tgt = t[:, :1], t[:, 1:]
