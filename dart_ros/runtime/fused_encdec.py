@@ -23,8 +23,8 @@ encoder and decoder layers) compute, from the same parameters, but arranged for 
   once, in the attention's dtype and layout, with the presence token's zero row in place; its
   two MLPs (2 -> 256 -> 8 per grid row and column) run as one kernel
   (:mod:`dart_ros.runtime.narrow_mlp`).
-- **Compiled stages** (``compile_stages``): the encoder and decoder loops go through
-  ``torch.compile``, which fuses the residual adds, LayerNorms, casts and the decoder's many small
+- **Compiled stages** (``compile_stages``): the encoder and decoder loops and the geometry token go
+  through ``torch.compile``, which fuses the residual adds, LayerNorms, casts and the decoder's many small
   element-wise ops into Triton kernels (GEMMs and attention stay on cuBLAS / cuDNN).
 
 Checked against GraphableEncDec (and through it sam3's own layers) in fp32 by the tests.
