@@ -29,7 +29,8 @@ class DetectorConfig:
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1`` …
         precision: ``fp32``, ``bf16`` or ``fp16`` (reduced precision only on CUDA: autocast in the eager runtime, weights and activations in that dtype in the fast one).
         allow_tf32: let fp32 matmuls use TF32 on Ampere+ (off: fp32 means fp32).
-        max_classes_per_chunk: classes per encoder-decoder batch.
+        max_classes_per_chunk: classes per encoder-decoder batch. Memory grows with it (at 1008²
+            the fast path holds ~32 MB per class of decoder keys and values alone).
         runtime: ``auto`` (``fast`` on CUDA, ``eager`` elsewhere), ``eager`` (sam3 modules as
             they are) or ``fast`` (CUDA: fused ViT and encoder-decoder in the chosen precision,
             CUDA graphs for the backbone and per class-count bucket for the encoder-decoder;

@@ -85,6 +85,18 @@ def test_single_query_geometry_token_equals_sam3_layers(batch, keys_with_pos):
         assert not torch.allclose(got[:, 0], got[:, 1])
 
 
+def test_single_query_geometry_token_refuses_other_layers():
+    from dart_ros.runtime import geometry_token as single_query
+
+    encoder = build_model("tiny").sam3.geometry_encoder
+    assert single_query.supports(encoder)
+    encoder.encode[0].pos_enc_at_attn = True  # queries with positions: not the one-token form
+    assert not single_query.supports(encoder)
+    encoder.encode[0].pos_enc_at_attn = False
+    encoder.final_proj = None
+    assert not single_query.supports(encoder)
+
+
 def test_skipping_attention_weights_changes_nothing(rng):
     from dart_ros.runtime.encdec import skip_attention_weights
 

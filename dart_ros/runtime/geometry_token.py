@@ -76,13 +76,17 @@ def _encoder_layer(layer: nn.Module, tgt: torch.Tensor, memory: torch.Tensor, ke
 
 def supports(encoder: nn.Module) -> bool:
     """Whether ``encoder`` is a geometry encoder whose layers this module reproduces exactly."""
-    for layer in getattr(encoder, "encode", ()):
+    layers = getattr(encoder, "encode", None)
+    if layers is None or getattr(encoder, "cls_embed", None) is None or getattr(encoder, "final_proj", None) is None \
+            or not hasattr(encoder, "encode_norm"):
+        return False
+    for layer in layers:
         if not getattr(layer, "pre_norm", False) or getattr(layer, "pos_enc_at_attn", True):
             return False
         for mha in (layer.self_attn, layer.cross_attn_image):
             if not isinstance(mha, nn.MultiheadAttention) or not mha._qkv_same_embed_dim:
                 return False
-    return hasattr(encoder, "cls_embed") and hasattr(encoder, "encode")
+    return True
 
 
 def geometry_token(encoder: nn.Module, img_feat: torch.Tensor, img_pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
