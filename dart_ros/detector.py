@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Generator, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from dart_ros.model import encdec
 from dart_ros.model.registry import DartModel, build_model
 from dart_ros.postprocess import postprocess
 from dart_ros.preprocess import ResizeInfo, preprocess
+from dart_ros.runtime.encdec import run_steps
 from dart_ros.text_cache import TextCache
 from dart_ros.types import Detections
 
@@ -328,6 +329,7 @@ class Detector:
     @torch.inference_mode()
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, C, P, P) detection features (one backbone pass for the batch)."""
+        self._settle_pipeline()
         if self._fast:  # graphs are captured at batch 1
             return torch.cat([self._bb.run(p[None], 0).clone() for p in pixels])
         with self._autocast():
@@ -355,15 +357,24 @@ class Detector:
         """(1, C, P, P) features of one image -> raw outputs for every class of ``vocab``.
 
         ``after_encoder()`` is called once the encoder's work is queued and before the decoder's
-        (CUDA graphs; elsewhere at the end): the pipeline starts the next frame's backbone there.
+        (CUDA graphs; elsewhere at the end).
         """
-        vocab = vocab or self._require_vocab()
-        out = self._encode_decode(feat, vocab, after_encoder)
-        if after_encoder is not None and not (self._fast and self._ed is not None):
-            after_encoder()
-        return out
+        self._settle_pipeline()
+        return run_steps(self.encode_decode_steps(feat, vocab), after_encoder)
 
-    def _encode_decode(self, feat: torch.Tensor, vocab: Vocabulary, after_encoder) -> encdec.EncDecOutput:
+    def _settle_pipeline(self) -> None:
+        """Before graphs are replayed outside the pipeline: see :meth:`StreamPipeline.settle`."""
+        if self._pipeline is not None:
+            self._pipeline.settle()
+
+    @torch.inference_mode()
+    def encode_decode_steps(self, feat: torch.Tensor, vocab: Optional[Vocabulary] = None
+                            ) -> Generator[None, None, encdec.EncDecOutput]:
+        """:meth:`encode_decode` as a generator that yields once, when the encoder's work is queued
+        (CUDA graphs; elsewhere after all of it), and returns the outputs when resumed: the
+        pipeline queues the encoder of a frame as soon as its backbone is queued, and its decoder
+        with the next frame (:func:`dart_ros.runtime.encdec.run_steps` drives one)."""
+        vocab = vocab or self._require_vocab()
         p = self.model.feature_size
         if self._fast:
             img_feat = encdec.flatten_features(feat)
@@ -373,18 +384,22 @@ class Detector:
             if cache is None:  # a Vocabulary built before the fast runtime existed
                 cache = self._ed_module.prompt_cache(vocab.text, vocab.mask)
             if self._ed is not None:
-                return self._ed(img_feat, img_pos, cache, official, after_encoder)
-            return encdec.EncDecOutput(*self._ed_module(img_feat, img_pos, cache, official))
-        with self._autocast():
-            img_feat = encdec.flatten_features(feat)
-            img_pos = self._pos.to(img_feat.dtype)
-            prompt, mask = self._prompt(vocab, img_feat)
-            chunk = self.config.max_classes_per_chunk
-            parts = [
-                encdec.encode_decode(self.model.sam3, img_feat, img_pos, (p, p), prompt[:, s:s + chunk], mask[s:s + chunk])
-                for s in range(0, prompt.shape[1], chunk)
-            ]
-        return encdec.EncDecOutput.cat(parts)
+                return (yield from self._ed.steps(img_feat, img_pos, cache, official))
+            out = encdec.EncDecOutput(*self._ed_module(img_feat, img_pos, cache, official))
+        else:
+            with self._autocast():
+                img_feat = encdec.flatten_features(feat)
+                img_pos = self._pos.to(img_feat.dtype)
+                prompt, mask = self._prompt(vocab, img_feat)
+                chunk = self.config.max_classes_per_chunk
+                parts = [
+                    encdec.encode_decode(self.model.sam3, img_feat, img_pos, (p, p), prompt[:, s:s + chunk],
+                                         mask[s:s + chunk])
+                    for s in range(0, prompt.shape[1], chunk)
+                ]
+            out = encdec.EncDecOutput.cat(parts)
+        yield
+        return out
 
     @torch.inference_mode()
     def warm_up(self) -> float:

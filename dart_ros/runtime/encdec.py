@@ -14,7 +14,7 @@ version, kept as the ONNX export's module and as the fused module's reference).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Generator, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch import nn
@@ -22,6 +22,8 @@ from torch import nn
 from dart_ros.model.encdec import EncDecOutput
 from dart_ros.model.encdec import geometry_token as encdec_geometry_token
 from dart_ros.runtime.compiled import capture_with_eager_fallback
+
+T = TypeVar("T")
 
 
 class _NoWeightsMHA(nn.MultiheadAttention):
@@ -182,12 +184,20 @@ class EncDecGraphs:
                  after_encoder: Optional[Callable[[], None]] = None) -> EncDecOutput:
         """``after_encoder()``: called on the host once the last chunk's encoder is queued (before
         its decoder; after the whole pass for a module captured as one graph)."""
+        return run_steps(self.steps(img_feat, img_pos, prompt, geometry_token), after_encoder)
+
+    def steps(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt,
+              geometry_token: bool = False) -> Generator[None, None, EncDecOutput]:
+        """The pass as a two-step generator (see :func:`run_steps`): it queues every chunk up to the
+        last chunk's encoder, yields, and on resumption queues that chunk's decoder and returns the
+        output. A caller may queue other work, or wait, in between."""
         feat, pos = self._static_image(img_feat, img_pos)
         feat.copy_(img_feat)
         pos.copy_(img_pos)
         n, t = len(prompt), prompt.mask.shape[1]
         parts = []
         starts = range(0, n, self.max_bucket)
+        yielded = False
         for start in starts:
             chunk = min(self.max_bucket, n - start)
             bucket = next(b for b in self.buckets if b >= chunk)
@@ -197,8 +207,29 @@ class EncDecGraphs:
             static.copy_rows_(prompt, start, chunk)
             for i, g in enumerate(graphs):  # the encoder's graph first (or the whole pass)
                 g.replay()
-                if i == 0 and start == starts[-1] and after_encoder is not None:
-                    after_encoder()
+                if i == 0 and len(graphs) > 1 and start == starts[-1]:
+                    yielded = True
+                    yield
             logits, boxes, presence = outputs
             parts.append(EncDecOutput(logits[:chunk].clone(), boxes[:chunk].clone(), presence[:chunk].clone()))
+        if not yielded:
+            yield
         return EncDecOutput.cat(parts)
+
+
+def run_steps(steps: Generator[None, None, T], between: Optional[Callable[[], None]] = None) -> T:
+    """Drive a generator that yields exactly once: run it to the yield, call ``between()``, run it
+    to the end; returns its value. (The enc-dec's encoder/decoder halves; see EncDecGraphs.steps.)"""
+    next(steps)
+    if between is not None:
+        between()
+    return finish_steps(steps)
+
+
+def finish_steps(steps: Generator[None, None, T]) -> T:
+    """Resume a two-step generator that has passed its yield; returns its value."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("a two-step generator yielded more than once")
