@@ -151,7 +151,11 @@ class StreamPipeline:
         with torch.cuda.stream(self.ed_stream):
             dec0, dec1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             dec0.record()
-            f.raw = finish_steps(f.steps)
+            try:
+                f.raw = finish_steps(f.steps)
+            except Exception:
+                f.steps = None  # spent: a retry queues the whole enc-dec again
+                raise
             dec1.record()
         f.ev_decoder = (dec0, dec1)
         self._slot_free[f.slot] = dec1
