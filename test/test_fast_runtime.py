@@ -97,6 +97,36 @@ def test_single_query_geometry_token_refuses_other_layers():
     assert not single_query.supports(encoder)
 
 
+def test_encode_decode_in_two_steps_equals_one_call(tiny_detector, rng):
+    """The pipeline's form (encoder queued, decoder later) returns what encode_decode returns."""
+    from dart_ros.runtime.encdec import finish_steps, run_steps
+
+    det = tiny_detector
+    det.set_classes(["person", "car", "dog"])
+    feat = det.features(det.preprocess(random_image(rng))[0])
+    want = det.encode_decode(feat)
+    steps = det.encode_decode_steps(feat)
+    next(steps)
+    got = finish_steps(steps)
+    torch.testing.assert_close(got.logits, want.logits, atol=0, rtol=0)
+    torch.testing.assert_close(got.boxes, want.boxes, atol=0, rtol=0)
+    calls = []
+    assert run_steps(iter_once(7), lambda: calls.append(1)) == 7 and calls == [1]
+
+    def twice():
+        yield
+        yield
+
+    with pytest.raises(RuntimeError, match="more than once"):
+        run_steps(twice())
+
+
+def iter_once(value):
+    """A two-step generator returning ``value``."""
+    yield
+    return value
+
+
 def test_skipping_attention_weights_changes_nothing(rng):
     from dart_ros.runtime.encdec import skip_attention_weights
 
