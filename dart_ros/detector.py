@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Dict, Generator, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Generator, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -352,15 +352,10 @@ class Detector:
         return prompt, mask
 
     @torch.inference_mode()
-    def encode_decode(self, feat: torch.Tensor, vocab: Optional[Vocabulary] = None,
-                      after_encoder: Optional[Callable[[], None]] = None) -> encdec.EncDecOutput:
-        """(1, C, P, P) features of one image -> raw outputs for every class of ``vocab``.
-
-        ``after_encoder()`` is called once the encoder's work is queued and before the decoder's
-        (CUDA graphs; elsewhere at the end).
-        """
+    def encode_decode(self, feat: torch.Tensor, vocab: Optional[Vocabulary] = None) -> encdec.EncDecOutput:
+        """(1, C, P, P) features of one image -> raw outputs for every class of ``vocab``."""
         self._settle_pipeline()
-        return run_steps(self.encode_decode_steps(feat, vocab), after_encoder)
+        return run_steps(self.encode_decode_steps(feat, vocab))
 
     def _settle_pipeline(self) -> None:
         """Before graphs are replayed outside the pipeline: see :meth:`StreamPipeline.settle`."""

@@ -24,6 +24,7 @@ from dart_ros.coco import COCO_CLASSES
 from dart_ros.config import DetectorConfig
 from dart_ros.detector import Detector
 from dart_ros.model import encdec
+from dart_ros.runtime.timing import cuda_kernels
 
 FAMILIES = (  # first match wins; names of cuBLAS/cutlass/flash/ATen kernels
     ("attention-ours", r"^_attention_kernel"),  # dart_ros.runtime.attention (Triton)
@@ -48,21 +49,10 @@ def family(name: str) -> str:
 
 def kernel_table(fn: Callable[[], object], iters: int = 3) -> Dict[str, object]:
     """Per-kernel device time (µs per call) of ``fn``, after warm-up, grouped into families."""
-    from torch.profiler import ProfilerActivity, profile
-
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
     kernels: Dict[str, List[float]] = defaultdict(lambda: [0.0, 0])
-    for ev in prof.events():
-        if getattr(ev, "device_type", None) != torch.autograd.DeviceType.CUDA:
-            continue
-        k = kernels[ev.name]
-        k[0] += ev.device_time_total if hasattr(ev, "device_time_total") else ev.cuda_time_total
+    for name, start, end in cuda_kernels(fn, iters, warmup=3):
+        k = kernels[name]
+        k[0] += end - start
         k[1] += 1
     rows = sorted(((n, t / iters, c // iters) for n, (t, c) in kernels.items()), key=lambda r: -r[1])
     fams: Dict[str, List[float]] = defaultdict(lambda: [0.0, 0])

@@ -46,7 +46,7 @@ import torch
 from dart_ros.coco import COCO_CLASSES
 from dart_ros.config import DetectorConfig
 from dart_ros.detector import Detector
-from dart_ros.runtime.timing import cuda_events_ms, cuda_median_ms
+from dart_ros.runtime.timing import cuda_events_ms, cuda_kernels, cuda_median_ms
 
 
 def frames(count: int = 4):
@@ -228,21 +228,12 @@ def probe_attention(classes) -> Dict[str, object]:
 def _busy_ms(fn, replays: int = 20, top: int = 25) -> Dict[str, object]:
     """Kernel count, summed kernel time, merged busy time, wall span and the ``top`` kernels
     (name, ms, launches) per call of ``fn`` (profiled)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(replays):
-            fn()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-    spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+    kernels = cuda_kernels(fn, replays)
+    spans = sorted((start, end) for _, start, end in kernels)
     by_name: Dict[str, list] = {}
-    for e in kernels:
-        t = by_name.setdefault(e.name[:100], [0.0, 0])
-        t[0] += (e.time_range.end - e.time_range.start) / replays / 1e3
+    for name, start, end in kernels:
+        t = by_name.setdefault(name[:100], [0.0, 0])
+        t[0] += (end - start) / replays / 1e3
         t[1] += 1 / replays
     busy, end = 0.0, float("-inf")
     for a, b in spans:  # union of the intervals (µs); copies and kernels of other streams included

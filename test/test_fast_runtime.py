@@ -110,8 +110,7 @@ def test_encode_decode_in_two_steps_equals_one_call(tiny_detector, rng):
     got = finish_steps(steps)
     torch.testing.assert_close(got.logits, want.logits, atol=0, rtol=0)
     torch.testing.assert_close(got.boxes, want.boxes, atol=0, rtol=0)
-    calls = []
-    assert run_steps(iter_once(7), lambda: calls.append(1)) == 7 and calls == [1]
+    assert run_steps(iter_once(7)) == 7
 
     def twice():
         yield

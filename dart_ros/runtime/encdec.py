@@ -14,7 +14,7 @@ version, kept as the ONNX export's module and as the fused module's reference).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Generator, Optional, Sequence, Tuple, TypeVar
+from typing import Dict, Generator, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch import nn
@@ -118,8 +118,8 @@ class EncDecGraphs:
     captured per class-count bucket, prompt length and prompt mode; a vocabulary of N classes runs
     as ⌈N/max bucket⌉ replays, the last chunk padded up to its bucket with a valid prompt.
     A module with ``encode(...) -> state`` and ``decode(*state)`` halves is captured as two graphs
-    replayed back to back, so that a caller can queue work on another stream between them
-    (``after_encoder``). Replays run on the current stream and never synchronise the host. The
+    replayed in two steps (:meth:`steps`), so that a caller can queue other work between them.
+    Replays run on the current stream and never synchronise the host. The
     returned tensors are fresh (cloned on the stream), so callers may keep them across replays.
     """
 
@@ -180,11 +180,9 @@ class EncDecGraphs:
         self._graphs[key] = entry
         return entry
 
-    def __call__(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt, geometry_token: bool = False,
-                 after_encoder: Optional[Callable[[], None]] = None) -> EncDecOutput:
-        """``after_encoder()``: called on the host once the last chunk's encoder is queued (before
-        its decoder; after the whole pass for a module captured as one graph)."""
-        return run_steps(self.steps(img_feat, img_pos, prompt, geometry_token), after_encoder)
+    def __call__(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt, geometry_token: bool = False
+                 ) -> EncDecOutput:
+        return run_steps(self.steps(img_feat, img_pos, prompt, geometry_token))
 
     def steps(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt,
               geometry_token: bool = False) -> Generator[None, None, EncDecOutput]:
@@ -217,12 +215,10 @@ class EncDecGraphs:
         return EncDecOutput.cat(parts)
 
 
-def run_steps(steps: Generator[None, None, T], between: Optional[Callable[[], None]] = None) -> T:
-    """Drive a generator that yields exactly once: run it to the yield, call ``between()``, run it
-    to the end; returns its value. (The enc-dec's encoder/decoder halves; see EncDecGraphs.steps.)"""
+def run_steps(steps: Generator[None, None, T]) -> T:
+    """Drive a generator that yields exactly once (the enc-dec's encoder/decoder halves, see
+    EncDecGraphs.steps) to its end; returns its value."""
     next(steps)
-    if between is not None:
-        between()
     return finish_steps(steps)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, List, Tuple
 
 import numpy as np
 import torch
@@ -38,3 +38,19 @@ def cuda_events_ms(fn: Callable[[], object], reps: int = 20, runs: int = 5) -> f
         end.synchronize()
         out.append(start.elapsed_time(end) / reps)
     return float(np.median(out))
+
+
+def cuda_kernels(fn: Callable[[], object], calls: int, warmup: int = 1) -> List[Tuple[str, float, float]]:
+    """(name, start µs, end µs) of every device activity (kernels, copies, memsets) of ``calls``
+    calls of ``fn`` under the profiler, after ``warmup`` unprofiled calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA]
