@@ -43,10 +43,20 @@ def check_flash_kernel() -> None:
             mask[0, ..., lk // 2:] = False
             mask[1, ..., 5:9] = False
         cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=2)
-        out = att.launch(q, k, v, heads, att._key_mask(mask, q, k), cfg)
-        err = (out.float() - _reference(q, k, v, heads, mask)).abs().max().item()
+        ref = _reference(q, k, v, heads, mask)
         tol = 2e-3 if dtype == torch.float16 else 2e-5
-        assert err < tol, (lq, lk, heads, d, dtype, masked, err)
+        # pointer loads everywhere; TMA descriptors where there is no key mask
+        for tma in (False, True) if not masked else (False,):
+            assert not tma or att.tma_supported(q, k, v)
+            out = att.launch(q, k, v, heads, att._key_mask(mask, q, k), cfg, tma=tma)
+            err = (out.float() - ref).abs().max().item()
+            assert err < tol, (lq, lk, heads, d, dtype, masked, tma, err)
+    # a query broadcast over the classes has no TMA descriptor: pointer loads, same result
+    q = torch.randn(1, 70, 64).expand(2, -1, -1)
+    k, v = torch.randn(2, 50, 64), torch.randn(2, 50, 64)
+    assert not att.tma_supported(q, k, v)
+    out = att.launch(q, k, v, 2, config=triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=2))
+    assert (out - _reference(q, k, v, 2)).abs().max().item() < 2e-5
 
 
 def check_biased_kernel() -> None:
@@ -113,6 +123,8 @@ def test_kernels_match_sdpa_at_the_encdec_and_vit_shapes_on_the_gpu():
         vit.append((rope_qk[:, :, 0], rope_qk[:, :, 1], qkv[:, :, 2], 16))
     cases = [(a, {}) for a in ((q, k, v, heads), (q, kt, vt, heads, mask), (q[:1].expand(n, -1, -1), kt, vt, heads, mask),
                                (qd, k, v, heads, bias))] + [(a, {"min_tokens": 0}) for a in vit]
+    if torch.cuda.get_device_capability()[0] >= 9:  # the self-attentions' tiles by TMA there
+        assert att.tma_supported(q, k, v) and all(att.tma_supported(*a[:3]) for a in vit)
     for args, kw in cases:
         assert att.kernel_supports(*args, **kw)
         ref = _reference(*args)
