@@ -42,6 +42,10 @@ class DetectorConfig:
         compile_encdec: fast runtime on CUDA: ``torch.compile`` the encoder and decoder loops
             (fused residual adds, LayerNorms, casts; ~14 % faster at 4 classes on the H100) at the
             price of about 1.5 minutes of compiling at start-up (less with inductor's on-disk cache).
+        tune_gemms: fast runtime on CUDA in reduced precision, with nvmath-python installed: time
+            cuBLASLt's candidate algorithms for the ViT's block GEMMs once at start-up and run the
+            fastest inside the backbone's CUDA graph (~0.25 ms per ViT-H frame on the H100;
+            without nvmath-python: torch's pick, said in the log).
     Vocabulary
         classes: initial vocabulary.
         max_classes: largest vocabulary accepted.
@@ -73,6 +77,7 @@ class DetectorConfig:
     cuda_graphs: bool = True
     compile_kernels: bool = True
     compile_encdec: bool = False
+    tune_gemms: bool = True
 
     classes: List[str] = dataclasses.field(default_factory=list)
     max_classes: int = 1000

@@ -184,7 +184,7 @@ class Detector:
         # capture) instead of trusting its heuristics (the ViT's patch conv, a student's convs).
         torch.backends.cudnn.benchmark = True
         vision = prepare_backbone(self.model.vision, self._autocast_dtype, self.model.feature_size,
-                                  self.config.compile_kernels)
+                                  self.config.compile_kernels, self.config.tune_gemms)
         self._bb = BackboneGraphs(vision, self.image_size, self.device, dtype, slots=2,
                                   use_graphs=self.config.cuda_graphs)
         self._build_encdec_runner()

@@ -67,7 +67,8 @@ def stats(ms: List[float]) -> Dict[str, float]:
 def make_detector(backbone: str, runtime: str, args) -> Detector:
     return Detector(DetectorConfig(backbone=backbone, device="cuda", runtime=runtime, precision=args.precision,
                                    image_size=args.image_size, confidence_threshold=0.3,
-                                   max_classes_per_chunk=args.chunk, compile_encdec=args.compile_encdec))
+                                   max_classes_per_chunk=args.chunk, compile_encdec=args.compile_encdec,
+                                   tune_gemms=not args.no_tune_gemms))
 
 
 def free(*objs) -> None:
@@ -168,10 +169,13 @@ def environment(args) -> Dict[str, str]:
     import timm
     from importlib.metadata import version
 
+    from dart_ros.runtime import blaslt
+
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda, "torch": torch.__version__,
         "timm": timm.__version__, "sam3": version("sam3"), "python": platform.python_version(),
+        "nvmath": version("nvmath-python") if blaslt.available() else None,
         "host": platform.node(), "args": vars(args),
     }
 
@@ -229,6 +233,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-naive-classes", type=int, default=80)
     ap.add_argument("--frame-size", default="1280x720", help="camera frame WxH fed to the detector")
     ap.add_argument("--compile-encdec", action="store_true", help="fast levels: torch.compile the enc-dec loops")
+    ap.add_argument("--no-tune-gemms", action="store_true",
+                    help="fast levels: torch's cuBLASLt pick for the ViT's GEMMs even with nvmath-python installed")
     ap.add_argument("--out", default="artifacts/benchmark")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

@@ -449,3 +449,56 @@ def test_host_and_gpu_postprocessing_agree(rng, monkeypatch):
     np.testing.assert_array_equal(host.class_ids, gpu.class_ids)
     np.testing.assert_allclose(host.scores, gpu.scores, atol=1e-6)
     np.testing.assert_allclose(host.boxes, gpu.boxes, atol=1e-3)
+
+
+def test_gemm_tuner_is_torch_off_the_gpu():
+    from dart_ros.runtime.blaslt import GemmTuner
+
+    tuner = GemmTuner()
+    x, w, b = torch.randn(6, 8), torch.randn(5, 8), torch.randn(5)
+    torch.testing.assert_close(tuner.linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    assert not tuner._plans  # nothing to plan for CPU tensors
+
+
+@pytest.mark.gpu
+def test_tuned_gemms_in_a_cuda_graph_equal_torch():
+    """The ViT-H block shapes on the timed cuBLASLt algorithms, replayed from a graph, against
+    torch's GEMMs (bf16: equal up to a different summation order)."""
+    from dart_ros.runtime import blaslt
+
+    if not blaslt.available():
+        pytest.skip("nvmath-python not installed")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(5184, 1024, device="cuda", dtype=torch.bfloat16, generator=g)
+    cases = [(torch.randn(n, 1024, device="cuda", dtype=torch.bfloat16, generator=g) * 0.03,
+              torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g), gelu)
+             for n, gelu in ((4736, True), (3072, False), (1024, False))]
+    tuner = blaslt.GemmTuner(candidates=8, iterations=3)
+    want = [tuner.linear(x, w, b, gelu) for w, b, gelu in cases]  # eager: plans, returns torch's result
+    assert len(tuner._plans) == 3 and all(p is not None for p in tuner._plans.values())
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        got = [tuner.linear(x, w, b, gelu) for w, b, gelu in cases]
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.is_contiguous()
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+def test_tuned_gemms_run_inside_the_backbone_graph(rng):
+    from dart_ros.runtime import blaslt
+
+    if not blaslt.available():
+        pytest.skip("nvmath-python not installed")
+    plain = make_detector("vit_h", device="cuda", runtime="fast", precision="bf16", tune_gemms=False)
+    tuned = make_detector("vit_h", device="cuda", runtime="fast", precision="bf16", tune_gemms=True)
+    assert plain._bb.vision.fast_trunk.gemms is None
+    px = plain.preprocess(random_image(rng, 480, 640))[0]
+    a, b = plain.features(px), tuned.features(px)
+    plans = tuned._bb.vision.fast_trunk.gemms._plans
+    assert len(plans) == 4 and all(p is not None for p in plans.values())  # qkv, proj, fc1 + GELU, fc2
+    assert cosine(a, b) >= 0.9999

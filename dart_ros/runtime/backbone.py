@@ -20,12 +20,15 @@ log = logging.getLogger(__name__)
 
 
 def prepare_backbone(vision: nn.Module, dtype: Optional[torch.dtype], grid: Optional[int] = None,
-                     compile_kernels: bool = False) -> nn.Module:
+                     compile_kernels: bool = False, tune_gemms: bool = False) -> nn.Module:
     """Weights cast to ``dtype`` (if given); a ViT also gets real-valued RoPE and, when ``grid`` (the
     token grid side) is tiled by its windows, runs as :class:`~dart_ros.runtime.fast_vit.FastViTDetection`.
 
     A student becomes a :class:`~dart_ros.runtime.fast_student.FastStudentDetection` (its own
     re-parameterised, channels-last copy of the weights; ``vision`` stays as it is).
+
+    ``tune_gemms``: the fast ViT's block GEMMs on the fastest measured cuBLASLt algorithm inside
+    CUDA graphs (:mod:`dart_ros.runtime.blaslt`; needs nvmath-python, else torch's GEMMs).
 
     Returns the module whose ``forward_detection`` the runner calls (for a ViT, parameters shared
     with ``vision``).
@@ -44,9 +47,14 @@ def prepare_backbone(vision: nn.Module, dtype: Optional[torch.dtype], grid: Opti
     if trunk is not None and grid is not None:
         from dart_ros.runtime.fast_vit import FastViTDetection
 
+        from dart_ros.runtime import blaslt
+
+        reduced = dtype in (torch.bfloat16, torch.float16)
+        if tune_gemms and reduced and not blaslt.available():
+            log.info("nvmath-python not installed: the ViT's GEMMs use torch's cuBLASLt pick")
+        gemms = blaslt.GemmTuner() if tune_gemms and reduced and blaslt.available() else None
         try:
-            return FastViTDetection(vision, grid, compile_kernels=compile_kernels,
-                                    gelu_epilogue=dtype in (torch.bfloat16, torch.float16))
+            return FastViTDetection(vision, grid, compile_kernels=compile_kernels, gelu_epilogue=reduced, gemms=gemms)
         except ValueError as e:  # e.g. padded windows at an unusual input size: sam3's own blocks
             log.info("fast ViT not used (%s); running sam3's blocks", e)
     return vision

@@ -20,6 +20,8 @@ tests); only the order of work changes:
   the RoPE and qkv outputs and the heads come back merged, so no copies either side.
 - **Patch embedding as one GEMM**: the 14×14 stride-14 convolution is a matrix product over
   non-overlapping patches; cuDNN ran it as an implicit-GEMM kernel at ~20 TFLOP/s (0.30 ms).
+- **Block GEMMs on the measured-fastest cuBLASLt algorithm** inside the CUDA graph, given a
+  :class:`dart_ros.runtime.blaslt.GemmTuner` (nvmath-python; torch's own pick otherwise).
 
 The profiler showed these copies and strided element-wise kernels taking about 45 % of the
 backbone's 18 ms on the H100, for no FLOPs (docs/benchmarks.md, "where the time goes").
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dart_ros.runtime.attention import attention
+from dart_ros.runtime.blaslt import GemmTuner
 from dart_ros.runtime.compiled import maybe_compiled
 
 
@@ -94,10 +97,12 @@ class _FastBlock(nn.Module):
     """One ViT block (or a pruned one) over window-major tokens (1, L, C), as residual branches
     (:meth:`branches`) that :class:`FastViTTrunk` chains."""
 
-    def __init__(self, block: nn.Module, grid: int, order: torch.Tensor, rope=rope_qk, gelu_epilogue: bool = False):
+    def __init__(self, block: nn.Module, grid: int, order: torch.Tensor, rope=rope_qk, gelu_epilogue: bool = False,
+                 gemms: Optional[GemmTuner] = None):
         super().__init__()
         self.rope = rope
         self.gelu_epilogue = gelu_epilogue
+        self.gemms = gemms
         self.has_attn = hasattr(block, "attn") and not isinstance(block, nn.Identity)
         self.has_mlp = hasattr(block, "mlp") and not isinstance(block, nn.Identity)
         self.window = block.window_size if self.has_attn or self.has_mlp else 0
@@ -131,21 +136,29 @@ class _FastBlock(nn.Module):
         """Attention branch on the normed tokens ``h``."""
         b, n, c = h.shape
         seqs = b * (self.grid // self.window) ** 2 if self.window else b
-        qkv = self.qkv(h).view(seqs, -1, 3, self.heads, c // self.heads)  # (S, L', 3, H, D)
+        qkv = self._linear(h, self.qkv).view(seqs, -1, 3, self.heads, c // self.heads)  # (S, L', 3, H, D)
         qk = self.rope(qkv, self.cos, self.sin)  # rows: L'
         q, k, v = qk[:, :, 0].flatten(-2), qk[:, :, 1].flatten(-2), qkv[:, :, 2].flatten(-2)  # (S, L', C) views
         # Every window is a sequence of 576 tokens: enough work per call however few tokens each has.
         o = attention(q, k, v, self.heads, min_tokens=0)
-        return self.proj(o.reshape(b, n, c))
+        return self._linear(o.reshape(b, n, c), self.proj)
+
+    def _linear(self, x: torch.Tensor, linear: nn.Linear, gelu: bool = False) -> torch.Tensor:
+        """``linear(x)`` (GELU'd in the epilogue with ``gelu``) over the tokens of (…, K) ``x``."""
+        if self.gemms is None or linear.bias is None:
+            if gelu:
+                h = torch._addmm_activation(linear.bias, x.reshape(-1, x.shape[-1]), linear.weight.t(), use_gelu=True)
+                return h.view(*x.shape[:-1], -1)
+            return linear(x)
+        y = self.gemms.linear(x.reshape(-1, x.shape[-1]), linear.weight, linear.bias, gelu)
+        return y.view(*x.shape[:-1], -1)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         if not self.gelu_epilogue:
             return self.mlp(x)
-        fc1 = self.mlp.fc1
         # GELU in the GEMM epilogue (cuBLASLt; its tanh form, within 1e-3 of erf, far below bf16's
         # resolution): saves a pass over the widest activation of the block.
-        h = torch._addmm_activation(fc1.bias, x.reshape(-1, x.shape[-1]), fc1.weight.t(), use_gelu=True)
-        return self.mlp.fc2(h.view(*x.shape[:-1], -1))
+        return self._linear(self._linear(x, self.mlp.fc1, gelu=True), self.mlp.fc2)
 
 
 class FastViTTrunk(nn.Module):
@@ -155,7 +168,8 @@ class FastViTTrunk(nn.Module):
     and the padded tokens take part in attention; use the trunk itself there).
     """
 
-    def __init__(self, trunk: nn.Module, grid: int, compile_kernels: bool = False, gelu_epilogue: bool = False):
+    def __init__(self, trunk: nn.Module, grid: int, compile_kernels: bool = False, gelu_epilogue: bool = False,
+                 gemms: Optional[GemmTuner] = None):
         super().__init__()
         windows = {b.window_size for b in trunk.blocks if hasattr(b, "window_size") and b.window_size > 0}
         if len(windows) > 1:
@@ -172,7 +186,9 @@ class FastViTTrunk(nn.Module):
         self.register_buffer("inverse", torch.argsort(order), persistent=False)
         last = trunk.full_attn_ids[-1]
         rope = rope_kernel(compile_kernels)
-        self.blocks = nn.ModuleList(_FastBlock(b, grid, order, rope, gelu_epilogue) for b in list(trunk.blocks)[: last + 1])
+        self.gemms = gemms
+        self.blocks = nn.ModuleList(_FastBlock(b, grid, order, rope, gelu_epilogue, gemms)
+                                    for b in list(trunk.blocks)[: last + 1])
         conv = trunk.patch_embed.proj
         # Non-overlapping patches (kernel = stride, no padding, no groups): the conv is a GEMM.
         self._patch_gemm = (conv.kernel_size[0] == conv.kernel_size[1] and conv.stride == conv.kernel_size
@@ -221,12 +237,13 @@ class FastViTTrunk(nn.Module):
 class FastViTDetection(nn.Module):
     """``forward_detection`` of :class:`dart_ros.model.vit.DetectionViTNeck` on :class:`FastViTTrunk`."""
 
-    def __init__(self, neck: nn.Module, grid: int, compile_kernels: bool = False, gelu_epilogue: bool = False):
+    def __init__(self, neck: nn.Module, grid: int, compile_kernels: bool = False, gelu_epilogue: bool = False,
+                 gemms: Optional[GemmTuner] = None):
         super().__init__()
         from dart_ros.model.vit import DETECTION_SCALE
 
         self.neck = neck
-        self.fast_trunk = FastViTTrunk(neck.trunk, grid, compile_kernels, gelu_epilogue)
+        self.fast_trunk = FastViTTrunk(neck.trunk, grid, compile_kernels, gelu_epilogue, gemms)
         self.conv = neck.convs[neck.scale_factors.index(DETECTION_SCALE)]
 
     def forward_detection(self, x: torch.Tensor) -> torch.Tensor:
