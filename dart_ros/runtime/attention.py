@@ -120,6 +120,16 @@ if triton is not None:
         return n, h, head, offs_m, offs_d, q
 
     @triton.jit
+    def _online_softmax(s, v, m_i, l_i, acc, qk_scale):
+        """One key block's scores ``s`` folded into the running max, sum and P·V accumulator."""
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return m_new, l_i, acc
+
+    @triton.jit
     def _block(q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, stride_kl, stride_vl,
                BLOCK_N: tl.constexpr, MASK: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
         offs_n = start + tl.arange(0, BLOCK_N)
@@ -135,12 +145,7 @@ if triton is not None:
             if HAS_KEY_MASK:
                 valid = valid & (tl.load(km_ptr + offs_n, mask=offs_n < Lk, other=0) != 0)
             s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        return m_new, l_i, acc
+        return _online_softmax(s, v, m_i, l_i, acc, qk_scale)
 
     @triton.jit
     def _attention_kernel(Q, K, V, O, KM, Lq, Lk, H, qk_scale,
@@ -178,12 +183,7 @@ if triton is not None:
         s = tl.dot(q, k.T)
         if MASK:
             s = tl.where((start + tl.arange(0, BLOCK_N) < Lk)[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        return m_new, l_i, acc
+        return _online_softmax(s, v, m_i, l_i, acc, qk_scale)
 
     @triton.jit
     def _tma_attention_kernel(q_desc, k_desc, v_desc, o_desc, Lq, Lk, H, qk_scale,
