@@ -44,7 +44,7 @@ class DetectorConfig:
             price of about 1.5 minutes of compiling at start-up (less with inductor's on-disk cache).
         tune_gemms: fast runtime on CUDA in reduced precision, with nvmath-python installed: time
             cuBLASLt's candidate algorithms for the ViT's block GEMMs once at start-up and run the
-            fastest inside the backbone's CUDA graph (~0.25 ms per ViT-H frame on the H100;
+            fastest inside the backbone's CUDA graph (~0.3 ms per ViT-H frame on the H100;
             without nvmath-python: torch's pick, said in the log).
     Vocabulary
         classes: initial vocabulary.

@@ -45,9 +45,8 @@ def prepare_backbone(vision: nn.Module, dtype: Optional[torch.dtype], grid: Opti
     if dtype is not None:
         vision.to(dtype)
     if trunk is not None and grid is not None:
-        from dart_ros.runtime.fast_vit import FastViTDetection
-
         from dart_ros.runtime import blaslt
+        from dart_ros.runtime.fast_vit import FastViTDetection
 
         reduced = dtype in (torch.bfloat16, torch.float16)
         if tune_gemms and reduced and not blaslt.available():

@@ -14,12 +14,11 @@ capture, and the CUDA graph then holds the winner.
   it (the pipeline replays two backbone graphs and the enc-dec's on other streams).
 - Inside a graph capture only; eager calls keep torch's own GEMM (one Python planning object per
   call would cost more host time than it saves), so the same module runs unchanged without graphs.
-- Falls back to torch, logged once, where nvmath-python is missing or planning fails.
+- Falls back to torch where nvmath-python is missing or planning a shape fails (logged per shape).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Dict, Optional, Tuple
 
@@ -38,12 +37,6 @@ def available() -> bool:
     return Matmul is not None
 
 
-@dataclasses.dataclass
-class _Plan:
-    matmul: object  # nvmath Matmul, planned and autotuned
-    gelu: bool
-
-
 class GemmTuner:
     """``y = x Wᵀ + b`` (optionally tanh-GELU'd, as cuBLASLt's epilogue and torch's
     ``_addmm_activation`` compute it) for 2-D CUDA activations, per shape on the fastest measured
@@ -57,7 +50,7 @@ class GemmTuner:
     def __init__(self, candidates: int = 16, iterations: int = 20):
         self.candidates = candidates
         self.iterations = iterations
-        self._plans: Dict[Tuple, Optional[_Plan]] = {}
+        self._plans: Dict[Tuple, Optional[object]] = {}  # key -> nvmath Matmul (planned, timed) or None
         self.timings: Dict[Tuple, Tuple[str, ...]] = {}  # key -> the candidates' order after timing (probes)
 
     @staticmethod
@@ -74,10 +67,9 @@ class GemmTuner:
             if key not in self._plans and self._eligible(x, weight, bias):
                 self._plans[key] = self._plan(x, weight, bias, gelu, key)
             return self._torch(x, weight, bias, gelu)
-        plan = self._plans.get(key)
-        if plan is None:
+        mm = self._plans.get(key)
+        if mm is None:
             return self._torch(x, weight, bias, gelu)
-        mm = plan.matmul
         mm.reset_operands_unchecked(a=weight, b=x.t(), epilog_inputs={"bias": bias})
         return mm.execute(stream=torch.cuda.current_stream()).t()
 
@@ -87,7 +79,7 @@ class GemmTuner:
                 and bias is not None and bias.is_contiguous() and x.dtype in (torch.bfloat16, torch.float16)
                 and x.dtype == weight.dtype == bias.dtype)
 
-    def _plan(self, x, weight, bias, gelu, key) -> Optional[_Plan]:
+    def _plan(self, x, weight, bias, gelu, key) -> Optional[object]:
         try:
             stream = torch.cuda.current_stream()
             mm = Matmul(weight, x.t(), options=MatmulOptions(memory_limit=0), stream=stream)
@@ -96,7 +88,7 @@ class GemmTuner:
                     epilog_inputs={"bias": bias}, stream=stream)
             mm.autotune(iterations=self.iterations, stream=stream)
             self.timings[key] = tuple(f"{a.tile}/{a.cluster_shape}" for a in mm.algorithms)
-            return _Plan(mm, gelu)
+            return mm
         except Exception as e:  # noqa: BLE001 - any nvmath/cuBLASLt refusal: torch's GEMM for this shape
             log.warning("cuBLASLt autotuning failed for %s (%s); torch's GEMM is used there", key[:2], e)
             return None
