@@ -181,18 +181,29 @@ def _param_value(text: str):
     return yaml.safe_load(text)
 
 
-def start_node(args):
+def node_launch(msg_type_name: str, input_topic: str, param_items: List[str]) -> Tuple[Dict[str, object], Dict[str, str]]:
+    """Parameters and remappings that make the node read ``input_topic``: raw images on its ``image``
+    input, compressed ones on ``image/compressed`` with ``input_transport`` set to match."""
+    params: Dict[str, object] = {}
+    for item in param_items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--param expects NAME=VALUE, got {item!r}")
+        params[name] = _param_value(value)
+    if msg_type_name == "CompressedImage":
+        params.setdefault("input_transport", "compressed")
+        return params, {"image/compressed": input_topic}
+    return params, {"image": input_topic}
+
+
+def start_node(args, msg_type: type):
     from dart_ros.ros.process import RosProcess
 
-    params = {}
-    for item in args.param:
-        name, _, value = item.partition("=")
-        params[name] = _param_value(value)
+    params, remaps = node_launch(msg_type.__name__, args.input, args.param)
     log_path = (args.out + "_node.log") if args.out else ""
     if log_path:
         os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-    return RosProcess("dart_ros.ros.node", params, remaps={"image": args.input}, log_path=log_path,
-                      params_file=args.params_file)
+    return RosProcess("dart_ros.ros.node", params, remaps=remaps, log_path=log_path, params_file=args.params_file)
 
 
 def environment(args, source: Dict[str, object]) -> Dict[str, object]:
@@ -263,7 +274,7 @@ def run(args) -> Dict[str, object]:
     else:
         msg_type, frames = synthetic_frames(args.synthetic, args.frames)
         source = {"synthetic": args.synthetic, "frames": len(frames)}
-    node = start_node(args) if args.start_node else None
+    node = start_node(args, msg_type) if args.start_node else None
     harness = Harness(msg_type, frames, args.input, args.output)
     try:
         harness.wait_for_node(args.node_timeout_s, alive=(node.alive if node else lambda: True))

@@ -31,6 +31,25 @@ def write_bag(path, frames=4):
             w.write(conn, i * 10**8, ts.serialize_cdr(msg, Img.__msgtype__))
 
 
+def _tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ros_benchmark", os.path.join(ROOT, "offline", "ros_benchmark.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("msg_type, remapped", [("Image", "image"), ("CompressedImage", "image/compressed")])
+def test_the_started_node_reads_the_played_topic(msg_type, remapped):
+    params, remaps = _tool().node_launch(msg_type, "/cam/x", ["backbone=tiny", "classes=[a, b]", "confidence_threshold=0.2"])
+    assert remaps == {remapped: "/cam/x"}
+    assert params["backbone"] == "tiny" and params["classes"] == ["a", "b"] and params["confidence_threshold"] == 0.2
+    assert params.get("input_transport") == ("compressed" if msg_type == "CompressedImage" else None)
+    with pytest.raises(SystemExit):
+        _tool().node_launch(msg_type, "/cam/x", ["backbone"])
+
+
 def test_rate_search_and_fixed_rates_against_the_node(tmp_path):
     require_ros()
     bag, out = tmp_path / "bag", tmp_path / "bench"
