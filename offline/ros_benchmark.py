@@ -152,8 +152,8 @@ class Harness:
             key = self._next_key
             self._next_key += 1
             msg.header.stamp.sec, msg.header.stamp.nanosec = key, 0
+            sent[key] = time.monotonic()  # before publish: our serialisation counts, as a driver's would
             self.pub.publish(msg)  # serialised here: the frame can take the next key at once
-            sent[key] = time.monotonic()
         end = time.monotonic() + drain_s
         while time.monotonic() < end:
             with self._lock:
