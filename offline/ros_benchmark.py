@@ -175,21 +175,17 @@ class Harness:
         rclpy.try_shutdown(context=self.context)
 
 
-def _param_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def node_launch(msg_type_name: str, input_topic: str, param_items: List[str]) -> Tuple[Dict[str, object], Dict[str, str]]:
     """Parameters and remappings that make the node read ``input_topic``: raw images on its ``image``
     input, compressed ones on ``image/compressed`` with ``input_transport`` set to match."""
+    import yaml
+
     params: Dict[str, object] = {}
     for item in param_items:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise SystemExit(f"--param expects NAME=VALUE, got {item!r}")
-        params[name] = _param_value(value)
+        params[name] = yaml.safe_load(value)  # as ROS reads -p values: lists, numbers, booleans
     if msg_type_name == "CompressedImage":
         params.setdefault("input_transport", "compressed")
         return params, {"image/compressed": input_topic}

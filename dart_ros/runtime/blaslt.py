@@ -37,6 +37,13 @@ def available() -> bool:
     return Matmul is not None
 
 
+def torch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: bool = False) -> torch.Tensor:
+    """(M, K) -> (M, N) with torch's own GEMM; ``gelu``: tanh-GELU in the cuBLASLt epilogue (needs a bias)."""
+    if gelu:
+        return torch._addmm_activation(bias, x, weight.t(), use_gelu=True)
+    return F.linear(x, weight, bias)
+
+
 class GemmTuner:
     """``y = x Wᵀ + b`` (optionally tanh-GELU'd, as cuBLASLt's epilogue and torch's
     ``_addmm_activation`` compute it) for 2-D CUDA activations, per shape on the fastest measured
@@ -51,13 +58,6 @@ class GemmTuner:
         self.candidates = candidates
         self.iterations = iterations
         self._plans: Dict[Tuple, Optional[object]] = {}  # key -> nvmath Matmul (planned, timed) or None
-        self.timings: Dict[Tuple, Tuple[str, ...]] = {}  # key -> the candidates' order after timing (probes)
-
-    @staticmethod
-    def _torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool) -> torch.Tensor:
-        if gelu:
-            return torch._addmm_activation(bias, x, weight.t(), use_gelu=True)
-        return F.linear(x, weight, bias)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         """(M, K) activations, (N, K) weight, (N,) bias -> (M, N)."""
@@ -66,10 +66,10 @@ class GemmTuner:
         if not capturing:
             if key not in self._plans and self._eligible(x, weight, bias):
                 self._plans[key] = self._plan(x, weight, bias, gelu, key)
-            return self._torch(x, weight, bias, gelu)
+            return torch_linear(x, weight, bias, gelu)
         mm = self._plans.get(key)
         if mm is None:
-            return self._torch(x, weight, bias, gelu)
+            return torch_linear(x, weight, bias, gelu)
         mm.reset_operands_unchecked(a=weight, b=x.t(), epilog_inputs={"bias": bias})
         return mm.execute(stream=torch.cuda.current_stream()).t()
 
@@ -87,7 +87,8 @@ class GemmTuner:
             mm.plan(preferences=MatmulPlanPreferences(limit=self.candidates), epilog=epilog,
                     epilog_inputs={"bias": bias}, stream=stream)
             mm.autotune(iterations=self.iterations, stream=stream)
-            self.timings[key] = tuple(f"{a.tile}/{a.cluster_shape}" for a in mm.algorithms)
+            best = mm.algorithms[0]
+            log.info("cuBLASLt for %s x %s: tile %s, cluster %s", key[0], key[1], best.tile, best.cluster_shape)
             return mm
         except Exception as e:  # noqa: BLE001 - any nvmath/cuBLASLt refusal: torch's GEMM for this shape
             log.warning("cuBLASLt autotuning failed for %s (%s); torch's GEMM is used there", key[:2], e)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dart_ros.runtime.attention import attention
-from dart_ros.runtime.blaslt import GemmTuner
+from dart_ros.runtime.blaslt import GemmTuner, torch_linear
 from dart_ros.runtime.compiled import maybe_compiled
 
 
@@ -145,12 +145,11 @@ class _FastBlock(nn.Module):
 
     def _linear(self, x: torch.Tensor, linear: nn.Linear, gelu: bool = False) -> torch.Tensor:
         """``linear(x)`` (GELU'd in the epilogue with ``gelu``) over the tokens of (…, K) ``x``."""
+        x2 = x.reshape(-1, x.shape[-1])
         if self.gemms is None or linear.bias is None:
-            if gelu:
-                h = torch._addmm_activation(linear.bias, x.reshape(-1, x.shape[-1]), linear.weight.t(), use_gelu=True)
-                return h.view(*x.shape[:-1], -1)
-            return linear(x)
-        y = self.gemms.linear(x.reshape(-1, x.shape[-1]), linear.weight, linear.bias, gelu)
+            y = torch_linear(x2, linear.weight, linear.bias, gelu)
+        else:
+            y = self.gemms.linear(x2, linear.weight, linear.bias, gelu)
         return y.view(*x.shape[:-1], -1)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
