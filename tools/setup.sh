@@ -18,7 +18,7 @@ step "Python environment: $VENV"
 pip install "${PIP_FLAGS[@]}" -U pip 'setuptools<80' wheel
 # The PyPI builds of torch and torchvision that load together (see README, "Versions").
 pip install "${PIP_FLAGS[@]}" torch==2.14.0 torchvision==0.29.2
-pip install "${PIP_FLAGS[@]}" -e "$ROOT[offline,test]"
+pip install "${PIP_FLAGS[@]}" -e "$ROOT/dart_ros[offline,test]"
 python -c "import torch, torchvision, sam3, timm, dart_ros; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| timm', timm.__version__)"
 
 cat > "$ROOT/setup.bash" <<SH

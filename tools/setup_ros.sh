@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ROS 2 Kilted from PyPI wheels + a colcon workspace (.ros_ws) with dart_ros_interfaces, dart_ros
-# and, when the system has none, the vision_msgs mirror in tools/ros/vision_msgs.
-# On a machine with a real ROS install, build ros/ in your own workspace instead (README).
+# and, when the system has none, the vision_msgs mirror in tools/vision_msgs_mirror.
+# On a machine with a real ROS install, build dart_ros_interfaces/ and dart_ros/ in your own workspace (README).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${DART_VENV:-$ROOT/.venv}
@@ -21,13 +21,13 @@ python "$ROOT/tools/fix_ros_wheel_paths.py" "$VENV"
 
 export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
-base_paths=("$ROOT/ros/dart_ros_interfaces" "$ROOT/ros/dart_ros")
+base_paths=("$ROOT/dart_ros_interfaces" "$ROOT/dart_ros")
 if python -c 'from ament_index_python.packages import get_package_prefix as p; p("vision_msgs")' 2>/dev/null; then
   echo "vision_msgs found on the system: using it"
 else
   echo "no vision_msgs on the system: building the wire-compatible mirror"
   rm -rf "$WS/src/vision_msgs" && mkdir -p "$WS/src"
-  cp -r "$ROOT/tools/ros/vision_msgs" "$WS/src/vision_msgs" && rm -f "$WS/src/vision_msgs/COLCON_IGNORE"
+  cp -r "$ROOT/tools/vision_msgs_mirror" "$WS/src/vision_msgs" && rm -f "$WS/src/vision_msgs/COLCON_IGNORE"
   base_paths+=("$WS/src/vision_msgs")
 fi
 cd "$ROOT"

@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck disable=SC1091
 . "$ROOT/setup.bash"
-cd "$ROOT"
+cd "$ROOT/dart_ros"
 # Localhost-only DDS (never multicast out of the machine) and a private domain for this run.
 [ -d "$ROOT/.ros_ws/install" ] && export DART_REQUIRE_ROS=1
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( 20 + $$ % 60 ))}

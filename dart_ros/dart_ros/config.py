@@ -1,0 +1,153 @@
+"""The one typed configuration of a Detector; node parameters and CLI flags map onto its fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Tuple
+
+from dart_ros.postprocess import NMS_MODES, PostprocessParams
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+PROMPT_MODES = ("official", "text_only")
+
+
+@dataclasses.dataclass
+class DetectorConfig:
+    """Every tunable of :class:`dart_ros.detector.Detector`.
+
+    Model
+        backbone: preset name (``dart_ros.model.registry.PRESETS``), e.g. ``vit_h``, ``repvit_m2_3``.
+        image_size: network input side S (multiple of 14); 0 = the architecture's default (1008).
+        sam3_checkpoint: path of ``sam3.pt``; empty = random weights (said loudly).
+        backbone_checkpoint: DART student or pruned checkpoint.
+        timm_weights: local ImageNet weights for a student's timm network (never downloaded).
+        skip_blocks / mask_blocks: ViT pruning overrides (DART formats).
+        load_text_encoder: False = serve the vocabulary from ``text_cache`` only.
+        seed: random-weight seed.
+    Runtime
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1`` …
+        precision: ``fp32``, ``bf16`` or ``fp16`` (reduced precision only on CUDA: autocast in the eager runtime, weights and activations in that dtype in the fast one).
+        allow_tf32: let fp32 matmuls use TF32 on Ampere+ (off: fp32 means fp32).
+        max_classes_per_chunk: classes per encoder-decoder batch. Memory grows with it (at 1008²
+            the fast path holds ~32 MB per class of decoder keys and values alone).
+        runtime: ``auto`` (``fast`` on CUDA, ``eager`` elsewhere), ``eager`` (sam3 modules as
+            they are) or ``fast`` (CUDA: fused ViT and encoder-decoder in the chosen precision,
+            CUDA graphs for the backbone and per class-count bucket for the encoder-decoder;
+            docs/detector.md).
+        cuda_graphs: capture CUDA graphs in the fast runtime (off: same code, eager launches).
+        compile_kernels: fast runtime on CUDA: ``torch.compile`` the small fixed-shape pieces: the
+            ViT's RoPE into one Triton kernel, a student backbone's element-wise work around its
+            convolutions (15-25 s once at start-up; off, or without Triton: eager, same numbers).
+        compile_encdec: fast runtime on CUDA: ``torch.compile`` the encoder and decoder loops
+            (fused residual adds, LayerNorms, casts; ~14 % faster at 4 classes on the H100) at the
+            price of about 1.5 minutes of compiling at start-up (less with inductor's on-disk cache).
+        tune_gemms: fast runtime on CUDA in reduced precision, with nvmath-python installed: time
+            cuBLASLt's candidate algorithms for the ViT's block GEMMs once at start-up and run the
+            fastest inside the backbone's CUDA graph (~0.3 ms per ViT-H frame on the H100;
+            without nvmath-python: torch's pick, said in the log).
+    Vocabulary
+        classes: initial vocabulary.
+        max_classes: largest vocabulary accepted.
+        max_class_name_chars: longest class name accepted.
+        text_cache: optional file of cached text features (keyed by model identity).
+    Detection
+        prompt_mode: ``official`` (text + image-conditioned geometry token, as SAM3's processor)
+            or ``text_only`` (as the DART reference).
+        confidence_threshold, nms_iou, nms_mode, nms_groups, max_detections, clip_boxes:
+            see :class:`dart_ros.postprocess.PostprocessParams`.
+        letterbox: keep the aspect ratio (pad) instead of SAM3's stretch to S×S.
+    """
+
+    backbone: str = "vit_h"
+    image_size: int = 0
+    sam3_checkpoint: str = ""
+    backbone_checkpoint: str = ""
+    timm_weights: str = ""
+    skip_blocks: Optional[Tuple[int, ...]] = None
+    mask_blocks: str = ""
+    load_text_encoder: bool = True
+    seed: int = 0
+
+    device: str = "auto"
+    precision: str = "fp32"
+    allow_tf32: bool = False
+    max_classes_per_chunk: int = 16
+    runtime: str = "auto"
+    cuda_graphs: bool = True
+    compile_kernels: bool = True
+    compile_encdec: bool = False
+    tune_gemms: bool = True
+
+    classes: List[str] = dataclasses.field(default_factory=list)
+    max_classes: int = 1000
+    max_class_name_chars: int = 200
+    text_cache: str = ""
+
+    prompt_mode: str = "official"
+    confidence_threshold: float = 0.3
+    nms_iou: float = 0.7
+    nms_mode: str = "per_class"
+    nms_groups: Tuple[Tuple[int, ...], ...] = ()
+    max_detections: int = 100
+    clip_boxes: bool = True
+    letterbox: bool = False
+
+    def validate(self) -> "DetectorConfig":
+        """Raise ValueError naming the first invalid field; returns self."""
+        from dart_ros.model.registry import get_preset
+
+        get_preset(self.backbone)
+        if self.image_size and (self.image_size < 14 or self.image_size % 14):
+            raise ValueError(f"image_size must be a positive multiple of 14, got {self.image_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        from dart_ros.runtime.registry import runtime_names
+
+        if self.runtime not in runtime_names():
+            raise ValueError(f"runtime must be one of {runtime_names()}, got {self.runtime!r}")
+        if self.prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {self.prompt_mode!r}")
+        if self.nms_mode not in NMS_MODES:
+            raise ValueError(f"nms_mode must be one of {NMS_MODES}, got {self.nms_mode!r}")
+        check_threshold("confidence_threshold", self.confidence_threshold)
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1] (1 disables NMS), got {self.nms_iou}")
+        if self.max_detections < 0:
+            raise ValueError(f"max_detections must be >= 0 (0 = unlimited), got {self.max_detections}")
+        if self.max_classes_per_chunk < 1:
+            raise ValueError(f"max_classes_per_chunk must be >= 1, got {self.max_classes_per_chunk}")
+        if self.max_classes < 1 or self.max_class_name_chars < 1:
+            raise ValueError("max_classes and max_class_name_chars must be >= 1")
+        return self
+
+    def postprocess_params(self) -> PostprocessParams:
+        return PostprocessParams(
+            confidence_threshold=self.confidence_threshold,
+            nms_iou=self.nms_iou,
+            nms_mode=self.nms_mode,
+            nms_groups=tuple(tuple(g) for g in self.nms_groups),
+            max_detections=self.max_detections,
+            clip_boxes=self.clip_boxes,
+        )
+
+
+def check_threshold(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+# Fields that may change while the Detector runs (everything else needs a rebuild).
+RUNTIME_FIELDS = (
+    "confidence_threshold", "nms_iou", "nms_mode", "nms_groups", "max_detections", "clip_boxes",
+    "max_classes_per_chunk", "prompt_mode", "letterbox",
+)
+
+
+def parse_name_groups(text: str) -> List[List[str]]:
+    """``"car,truck;person, rider"`` -> [["car", "truck"], ["person", "rider"]]."""
+    groups = []
+    for part in (text or "").split(";"):
+        names = [" ".join(n.split()) for n in part.split(",") if n.strip()]
+        if names:
+            groups.append(names)
+    return groups

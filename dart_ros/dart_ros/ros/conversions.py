@@ -1,0 +1,63 @@
+"""Conversions between the Detector's numpy outputs and ROS messages (no cv_bridge needed).
+
+Decoding of incoming images lives in :mod:`dart_ros.image_decode` (shared with the offline tools);
+tensors stay behind the Detector.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+
+def array_to_image_msg(rgb: np.ndarray, header):
+    from sensor_msgs.msg import Image
+
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.encoding = "rgb8"
+    msg.is_bigendian = 0
+    msg.step = int(rgb.shape[1] * 3)
+    msg.data = np.ascontiguousarray(rgb).tobytes()
+    return msg
+
+
+def detections_to_msg(dets, header):
+    """:class:`dart_ros.types.Detections` -> vision_msgs/Detection2DArray with ``header`` copied.
+
+    ``class_id`` is the class name; bbox center/size are source-image pixels; the hypothesis pose
+    carries the box centre for tools that read it; ``id`` stays empty (no tracking).
+    """
+    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+    out = Detection2DArray()
+    out.header = header
+    names = dets.class_names
+    for (x1, y1, x2, y2), score, cid in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist()):
+        d = Detection2D()
+        d.header = header
+        d.bbox.center.position.x = (x1 + x2) / 2.0
+        d.bbox.center.position.y = (y1 + y2) / 2.0
+        d.bbox.size_x = x2 - x1
+        d.bbox.size_y = y2 - y1
+        hyp = ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id = names[cid]
+        hyp.hypothesis.score = float(score)
+        hyp.pose.pose.position.x = d.bbox.center.position.x
+        hyp.pose.pose.position.y = d.bbox.center.position.y
+        d.results.append(hyp)
+        out.detections.append(d)
+    return out
+
+
+def label_info_msg(class_names, threshold: float, header):
+    from vision_msgs.msg import LabelInfo, VisionClass
+
+    msg = LabelInfo()
+    msg.header = header
+    msg.threshold = float(threshold)
+    for i, name in enumerate(class_names):
+        msg.class_map.append(VisionClass(class_id=i, class_name=name))
+    return msg

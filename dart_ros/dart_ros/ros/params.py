@@ -1,0 +1,167 @@
+"""ROS parameters of the detector node, mapped 1:1 onto :class:`DetectorConfig` and :class:`NodeConfig`.
+
+Every field of both dataclasses is a parameter with the same name. Fields that need a model rebuild
+are read-only; the others can be changed with ``ros2 param set`` and are validated first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional, Tuple
+
+from dart_ros.config import RUNTIME_FIELDS, DetectorConfig
+
+INPUT_TRANSPORTS = ("raw", "compressed")
+RELIABILITIES = ("best_effort", "reliable")
+
+
+@dataclasses.dataclass
+class NodeConfig:
+    """What the node adds around the Detector.
+
+    Attributes:
+        input_transport: ``raw`` (sensor_msgs/Image on ``image``) or ``compressed``
+            (sensor_msgs/CompressedImage on ``image/compressed``).
+        qos_reliability / qos_depth: input QoS. Best effort (default) receives from reliable and
+            best-effort publishers; depth 1 keeps only the newest frame.
+        enabled: run inference (toggle with the ``~/enable`` service).
+        annotate_max_rate_hz: cap on ``~/image_annotated`` (0 = every processed frame).
+        diagnostics_period_s: period of ``/diagnostics`` reports.
+        no_input_warn_s: warn when a publisher exists but no image arrived for this long.
+        pipelining: overlap consecutive frames on two CUDA streams (Detector streaming API).
+        nms_groups: class-name groups NMS-ed together in ``grouped`` mode, e.g. ``car,truck;person,rider``.
+    """
+
+    input_transport: str = "raw"
+    qos_reliability: str = "best_effort"
+    qos_depth: int = 1
+    enabled: bool = True
+    annotate_max_rate_hz: float = 0.0
+    diagnostics_period_s: float = 1.0
+    no_input_warn_s: float = 5.0
+    pipelining: bool = False
+    nms_groups: str = ""
+
+    def validate(self) -> "NodeConfig":
+        if self.input_transport not in INPUT_TRANSPORTS:
+            raise ValueError(f"input_transport must be one of {INPUT_TRANSPORTS}, got {self.input_transport!r}")
+        if self.qos_reliability not in RELIABILITIES:
+            raise ValueError(f"qos_reliability must be one of {RELIABILITIES}, got {self.qos_reliability!r}")
+        if self.qos_depth < 1:
+            raise ValueError(f"qos_depth must be >= 1, got {self.qos_depth}")
+        if self.annotate_max_rate_hz < 0 or self.diagnostics_period_s <= 0 or self.no_input_warn_s <= 0:
+            raise ValueError("annotate_max_rate_hz must be >= 0; diagnostics_period_s and no_input_warn_s > 0")
+        return self
+
+
+NODE_RUNTIME_FIELDS = ("enabled", "annotate_max_rate_hz", "nms_groups", "no_input_warn_s")
+# DetectorConfig fields that are not ROS parameters as such (the node maps them itself).
+DETECTOR_EXCLUDED = ("nms_groups",)
+
+DESCRIPTIONS = {
+    "backbone": "backbone preset: vit_h, vit_h_pruned16, repvit_m2_3, tiny_vit_21m, efficientvit_l1, efficientvit_l2, tiny",
+    "image_size": "network input side S, a multiple of 14 (0 = 1008 for SAM3)",
+    "sam3_checkpoint": "path of sam3.pt; empty = RANDOM weights",
+    "backbone_checkpoint": "DART student or pruned checkpoint",
+    "skip_blocks": "comma-separated ViT blocks to skip (empty = the preset's)",
+    "classes": "vocabulary (text prompts); also changed by the set_classes service",
+    "confidence_threshold": "keep detections with score > this",
+    "nms_iou": "NMS IoU threshold; 1.0 disables NMS",
+    "prompt_mode": "official (text + geometry token) or text_only",
+    "precision": "fp32, bf16 or fp16 (CUDA only)",
+}
+
+
+def _ros_value(field: dataclasses.Field, value):
+    """Dataclass value -> parameter value (or a Parameter.Type for an empty string array)."""
+    from rclpy.parameter import Parameter
+
+    if field.name == "skip_blocks":
+        return "" if value is None else ",".join(str(i) for i in value)
+    if isinstance(value, list):
+        return list(value) if value else Parameter.Type.STRING_ARRAY
+    return value
+
+
+def _config_value(name: str, value, default):
+    """Parameter value -> dataclass value."""
+    if name == "skip_blocks":
+        text = (value or "").strip()
+        if not text:
+            return None
+        try:
+            return tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"skip_blocks must be comma-separated integers, got {value!r}") from None
+    if isinstance(default, list):
+        return list(value or [])
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def parameter_fields() -> List[Tuple[str, Any, dataclasses.Field]]:
+    """(owner, default instance, field) for every parameter."""
+    out = []
+    for owner, cfg in (("detector", DetectorConfig()), ("node", NodeConfig())):
+        for f in dataclasses.fields(cfg):
+            if owner == "detector" and f.name in DETECTOR_EXCLUDED:
+                continue
+            out.append((owner, cfg, f))
+    return out
+
+
+def is_dynamic(name: str) -> bool:
+    return name == "classes" or name in RUNTIME_FIELDS or name in NODE_RUNTIME_FIELDS
+
+
+def declare_parameters(node, overrides: Optional[Dict[str, Any]] = None) -> Tuple[DetectorConfig, NodeConfig]:
+    """Declare every parameter on ``node`` and return the configs they describe (validated)."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    overrides = overrides or {}
+    det_kwargs, node_kwargs = {}, {}
+    for owner, cfg, f in parameter_fields():
+        default = overrides.get(f.name, getattr(cfg, f.name))
+        desc = ParameterDescriptor(
+            description=DESCRIPTIONS.get(f.name, f.name.replace("_", " ")),
+            read_only=not is_dynamic(f.name),
+        )
+        p = node.declare_parameter(f.name, _ros_value(f, default), desc)
+        value = _config_value(f.name, p.value, getattr(cfg, f.name))
+        (det_kwargs if owner == "detector" else node_kwargs)[f.name] = value
+    return DetectorConfig(**det_kwargs).validate(), NodeConfig(**node_kwargs).validate()
+
+
+def split_changes(params) -> Tuple[Dict[str, Any], Dict[str, Any], Optional[List[str]]]:
+    """rclpy Parameters -> (Detector run-time changes, node changes, new classes or None).
+
+    Raises ValueError for unknown or read-only names and for values of the wrong type.
+    """
+    defaults_det, defaults_node = DetectorConfig(), NodeConfig()
+    det, node, classes = {}, {}, None
+    for p in params:
+        if p.name == "classes":
+            value = p.value
+            if value is None or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError("classes must be a list of strings")
+            classes = list(value)
+        elif p.name in RUNTIME_FIELDS and p.name not in DETECTOR_EXCLUDED:
+            det[p.name] = _typed(p.name, p.value, getattr(defaults_det, p.name))
+        elif p.name in NODE_RUNTIME_FIELDS:
+            node[p.name] = _typed(p.name, p.value, getattr(defaults_node, p.name))
+        elif p.name in ("use_sim_time",):
+            continue
+        else:
+            raise ValueError(f"parameter {p.name!r} cannot change at run time")
+    return det, node, classes
+
+
+def _typed(name, value, default):
+    value = _config_value(name, value, default)
+    expected = type(default)
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(f"{name} must be a {expected.__name__}, got {value!r}")
+    return value

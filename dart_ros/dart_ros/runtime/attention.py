@@ -1,0 +1,426 @@
+"""The encoder's attention over many image tokens with small heads: a Triton flash-attention kernel.
+
+Why a kernel of our own: the enc-dec's dominant cost is the encoder self-attention over the 5,184
+image tokens of every class, 8 heads of dimension 32. The best kernel torch offers for that shape
+(cuDNN) runs at ~210 TFLOP/s on the H100; this one, FlashAttention's online softmax written for
+that shape and autotuned, at ~280 (``offline/runtime_probe.py attention``; docs/benchmarks.md).
+The same kernel serves the encoder's cross-attention of those tokens to the (padded, ~33-token)
+text prompt, which cuDNN runs far below memory speed.
+
+- **Token-major in and out.** Reads q, k, v straight from the (N, L, heads·d) projections (any
+  strides: q and k as halves of one GEMM's output, a query broadcast over the classes) and writes
+  (N, L, heads·d): no transposes.
+- Small query tiles (autotuned; 64 rows won at 1–16 classes) keep many programs per SM at this
+  head dimension; the softmax scale and log2(e) fold into one FMA before ``exp2``; statistics and
+  accumulation stay fp32, probabilities are rounded to the input dtype for P·V as in FlashAttention.
+- Without a key mask, on Hopper and later, the tiles are moved by the TMA unit (host-built tensor
+  descriptors over the (N, L, H·d) tensors; out-of-range rows arrive as zeros and are not stored):
+  4-11 % faster than pointer loads at the enc-dec's and the ViT's shapes on the H100.
+- Key-padding masks (N, Lk) as SDPA's boolean (N, 1, 1, Lk) ``attn_mask``.
+- The decoder's boxRPB cross-attention (201 queries over the 5,184 tokens, additive bias) on a
+  second kernel, :func:`biased_attention`, that splits the keys over programs: cuDNN gets only
+  N·H·4 programs there, each looping over every key, and is latency-bound at few classes.
+
+Tried and dropped, measured slower (docs/benchmarks.md): half of the exponentials as a polynomial on
+the FMA pipe (FlashAttention-4's trick against the exponential unit's 1/16 rate; 5–20 % slower in
+Triton); the boxRPB bias ``by[y] + bx[x]`` gathered on the fly instead of materialised (3–5×
+slower than cuDNN given the bias: the gathers cost more than the bias tensor's memory traffic).
+
+:func:`attention` is the entry point: it uses the kernels on CUDA for fp16/bf16 inputs at head
+dimensions 16–128 (powers of two) — at least :data:`MIN_TOKENS` queries with no mask or a
+key-padding mask, or at least that many keys with an additive bias — and
+``F.scaled_dot_product_attention`` otherwise, so every other path (CPU, fp32 checks, the decoder's
+self- and text attention) is unchanged. The kernels are registered as ``torch.library`` custom ops
+so ``torch.compile`` treats them as opaque calls and CUDA graphs capture them. Block sizes are
+autotuned per shape on the first call, which the graph runners make before capture.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: attention() falls back to SDPA
+    triton = None
+try:  # Triton >= 3.3: host-built TMA descriptors (Hopper and later)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:
+    TensorDescriptor = None
+
+
+# Queries (or, with a bias, keys) below this stay on SDPA: launch-bound, nothing to gain there.
+MIN_TOKENS = 1024
+
+
+def _qk_scale(head_dim: int) -> float:
+    """Softmax scale times log2(e): the kernels exponentiate with exp2."""
+    return (1.0 / math.sqrt(head_dim)) * 1.4426950408889634
+
+
+def _configs():
+    # (BLOCK_M, BLOCK_N, warps, stages): the measured front-runners and their neighbours.
+    shapes = ((64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3),
+              (128, 64, 4, 3), (128, 64, 8, 4), (128, 32, 4, 4), (128, 128, 8, 3))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
+
+
+def _tma_configs():
+    # With TMA loads 64 × 128 tiles won at the enc-dec's shapes and the ViT's global blocks, 128 × 64
+    # (8 warps) at its windows (H100; runs m).
+    shapes = ((64, 128, 4, 3), (64, 64, 4, 4), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=_tma_blocks)
+            for bm, bn, w, st in shapes]
+
+
+def _tma_blocks(nargs) -> None:
+    """A config's block sizes into the descriptors (autotuning runs the same descriptors per config)."""
+    for name, rows in (("q_desc", "BLOCK_M"), ("o_desc", "BLOCK_M"), ("k_desc", "BLOCK_N"), ("v_desc", "BLOCK_N")):
+        nargs[name].block_shape = [1, nargs[rows], nargs["HEAD_DIM"]]
+
+
+def _biased_configs():
+    shapes = ((64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (32, 64, 4, 3))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
+
+
+if triton is not None:
+
+    @triton.jit
+    def _query_tile(Q, s_qn, s_ql, Lq, H, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+        """Program (m, n·H + h): class n, head h, its channel offset, BLOCK_M query rows and their q tile."""
+        pid_nh = tl.program_id(1)
+        n = pid_nh // H
+        h = pid_nh % H
+        head = h * HEAD_DIM  # heads are contiguous HEAD_DIM-wide slices of the channel axis
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        q = tl.load(Q + n * s_qn + offs_m[:, None] * s_ql + head + offs_d[None, :], mask=offs_m[:, None] < Lq,
+                    other=0.0)
+        return n, h, head, offs_m, offs_d, q
+
+    @triton.jit
+    def _online_softmax(s, v, m_i, l_i, acc, qk_scale):
+        """One key block's scores ``s`` folded into the running max, sum and P·V accumulator."""
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return m_new, l_i, acc
+
+    @triton.jit
+    def _block(q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, stride_kl, stride_vl,
+               BLOCK_N: tl.constexpr, MASK: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        if MASK:
+            k = tl.load(k_ptrs + start * stride_kl, mask=offs_n[None, :] < Lk, other=0.0)
+            v = tl.load(v_ptrs + start * stride_vl, mask=offs_n[:, None] < Lk, other=0.0)
+        else:
+            k = tl.load(k_ptrs + start * stride_kl)
+            v = tl.load(v_ptrs + start * stride_vl)
+        s = tl.dot(q, k)
+        if MASK:
+            valid = offs_n < Lk
+            if HAS_KEY_MASK:
+                valid = valid & (tl.load(km_ptr + offs_n, mask=offs_n < Lk, other=0) != 0)
+            s = tl.where(valid[None, :], s, float("-inf"))
+        return _online_softmax(s, v, m_i, l_i, acc, qk_scale)
+
+    @triton.jit
+    def _attention_kernel(Q, K, V, O, KM, Lq, Lk, H, qk_scale,
+                          s_qn, s_ql, s_kn, s_kl, s_vn, s_vl, s_on, s_ol, s_km,
+                          HEAD_DIM: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        n, h, head, offs_m, offs_d, q = _query_tile(Q, s_qn, s_ql, Lq, H, HEAD_DIM, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        k_ptrs = K + n * s_kn + offs_n[None, :] * s_kl + head + offs_d[:, None]  # (D, BLOCK_N): k transposed
+        v_ptrs = V + n * s_vn + offs_n[:, None] * s_vl + head + offs_d[None, :]
+        km_ptr = KM + n * s_km
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        # a key mask (short text prompts) masks every block; without one only the partial last block
+        full_end = 0 if HAS_KEY_MASK else (Lk // BLOCK_N) * BLOCK_N
+        for start in range(0, full_end, BLOCK_N):
+            m_i, l_i, acc = _block(q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, s_kl, s_vl,
+                                   BLOCK_N, False, False)
+        for start in range(full_end, Lk, BLOCK_N):
+            m_i, l_i, acc = _block(q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, s_kl, s_vl,
+                                   BLOCK_N, True, HAS_KEY_MASK)
+        o = acc / l_i[:, None]
+        tl.store(O + n * s_on + offs_m[:, None] * s_ol + head + offs_d[None, :], o.to(O.dtype.element_ty),
+                 mask=offs_m[:, None] < Lq)
+
+    _tuned_kernel = triton.autotune(configs=_configs(), key=["Lq", "Lk", "HEAD_DIM", "HAS_KEY_MASK"])(
+        _attention_kernel)
+
+    @triton.jit
+    def _tma_step(q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr):
+        k = k_desc.load([n, start, col]).reshape(BLOCK_N, HEAD_DIM)  # rows past Lk arrive as zeros
+        v = v_desc.load([n, start, col]).reshape(BLOCK_N, HEAD_DIM)
+        s = tl.dot(q, k.T)
+        if MASK:
+            s = tl.where((start + tl.arange(0, BLOCK_N) < Lk)[None, :], s, float("-inf"))
+        return _online_softmax(s, v, m_i, l_i, acc, qk_scale)
+
+    @triton.jit
+    def _tma_attention_kernel(q_desc, k_desc, v_desc, o_desc, Lq, Lk, H, qk_scale,
+                              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """:func:`_attention_kernel` without a key mask, its tiles moved by the TMA unit: (N, L, H·d)
+        descriptors, program (m, n·H + h)."""
+        pid_nh = tl.program_id(1)
+        n = pid_nh // H
+        col = (pid_nh % H) * HEAD_DIM
+        start_m = tl.program_id(0) * BLOCK_M
+        q = q_desc.load([n, start_m, col]).reshape(BLOCK_M, HEAD_DIM)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        full_end = (Lk // BLOCK_N) * BLOCK_N
+        for start in range(0, full_end, BLOCK_N):
+            m_i, l_i, acc = _tma_step(q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale,
+                                      HEAD_DIM, BLOCK_N, False)
+        for start in range(full_end, Lk, BLOCK_N):
+            m_i, l_i, acc = _tma_step(q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale,
+                                      HEAD_DIM, BLOCK_N, True)
+        o = acc / l_i[:, None]
+        o_desc.store([n, start_m, col], o.to(o_desc.dtype).reshape(1, BLOCK_M, HEAD_DIM))  # rows past Lq dropped
+
+    _tuned_tma_kernel = triton.autotune(configs=_tma_configs(), key=["Lq", "Lk", "HEAD_DIM"])(_tma_attention_kernel)
+
+    @triton.jit
+    def _biased_split_kernel(Q, K, V, B, ACC, ML, Lq, Lk, H, qk_scale, keys_per_split,
+                             s_qn, s_ql, s_kn, s_kl, s_vn, s_vl, s_bn, s_bh, s_bq,
+                             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Few queries over many keys with an additive bias: program (m, n·h, s) covers the s-th
+        slice of the keys and writes its unnormalised partial softmax (merged by the caller)."""
+        n, h, head, offs_m, offs_d, q = _query_tile(Q, s_qn, s_ql, Lq, H, HEAD_DIM, BLOCK_M)
+        pid_s = tl.program_id(2)
+        row_ok = offs_m < Lq
+        b_rows = B + n * s_bn + h * s_bh + offs_m[:, None] * s_bq
+        lo = pid_s * keys_per_split
+        hi = tl.minimum(lo + keys_per_split, Lk)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for start in range(lo, hi, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            valid = offs_n < hi
+            k = tl.load(K + n * s_kn + offs_n[None, :] * s_kl + head + offs_d[:, None], mask=valid[None, :], other=0.0)
+            v = tl.load(V + n * s_vn + offs_n[:, None] * s_vl + head + offs_d[None, :], mask=valid[:, None], other=0.0)
+            b = tl.load(b_rows + offs_n[None, :], mask=row_ok[:, None] & valid[None, :], other=0.0).to(tl.float32)
+            x = tl.where(valid[None, :], tl.dot(q, k) * qk_scale + b * 1.4426950408889634, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(x, 1))
+            p = tl.math.exp2(x - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        base = (pid_s * tl.num_programs(1) + tl.program_id(1)) * Lq + offs_m  # partials (S, N·H, Lq), fp32
+        tl.store(ACC + base[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+        tl.store(ML + base * 2, m_i, mask=row_ok)
+        tl.store(ML + base * 2 + 1, l_i, mask=row_ok)
+
+    _tuned_biased_kernel = triton.autotune(configs=_biased_configs(), key=["Lq", "Lk", "HEAD_DIM", "keys_per_split"])(
+        _biased_split_kernel)
+
+
+def _token_major(t: torch.Tensor) -> bool:
+    return t.dim() == 3 and t.stride(-1) == 1
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: int) -> int:
+    return torch.cuda.get_device_capability(device)[0]
+
+
+def tma_supported(*tensors: torch.Tensor) -> bool:
+    """Whether the TMA kernel can read and write these (N, L, C) tensors: a Hopper-or-later GPU (or
+    Triton's interpreter, for the tests), 16-byte aligned addresses and strides, no broadcast axis."""
+    if TensorDescriptor is None:
+        return False
+    for t in tensors:
+        if t.is_cuda and _capability(t.device.index if t.device.index is not None else torch.cuda.current_device()) < 9:
+            return False
+        step = 16 // t.element_size()
+        if t.data_ptr() % 16 or any(s == 0 or s % step for s in t.stride()[:-1]) or t.stride(-1) != 1:
+            return False
+    return True
+
+
+def _descriptor(t: torch.Tensor, head_dim: int) -> "TensorDescriptor":
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 64, head_dim])  # blocks set per config
+
+
+def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, key_mask: Optional[torch.Tensor] = None,
+           config: Optional["triton.Config"] = None, tma: Optional[bool] = None) -> torch.Tensor:
+    """Run the kernel: (N, Lq, H·d) queries over (N, Lk, H·d) keys/values, H heads -> (N, Lq, H·d).
+
+    ``key_mask``: (N, Lk) bool, True = attend (padding of text prompts). ``config``: fixed block
+    sizes / warps / stages (probes, the interpreter in the tests); default: autotuned over
+    :func:`_configs` (:func:`_tma_configs`) on the first call per shape. ``tma``: load tiles with
+    the TMA unit (no key mask; default: where :func:`tma_supported`), 4-11 % faster on the H100 at
+    the enc-dec's and the ViT's shapes (docs/benchmarks.md).
+    """
+    n, lq, c = q.shape
+    lk = k.shape[1]
+    d = c // heads
+    out = torch.empty(n, lq, c, device=q.device, dtype=q.dtype)
+    qk_scale = _qk_scale(d)
+    if tma is None:
+        tma = key_mask is None and tma_supported(q, k, v, out)
+    if tma:
+        descs = [_descriptor(t, d) for t in (q, k, v, out)]
+        if config is None:
+            grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), n * heads)  # noqa: E731
+            _tuned_tma_kernel[grid](*descs, lq, lk, heads, qk_scale, HEAD_DIM=d)
+        else:
+            _tma_blocks(dict(zip(("q_desc", "k_desc", "v_desc", "o_desc"), descs), HEAD_DIM=d, **config.kwargs))
+            grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), n * heads)
+            _tma_attention_kernel[grid](*descs, lq, lk, heads, qk_scale, HEAD_DIM=d, num_warps=config.num_warps,
+                                        num_stages=config.num_stages, **config.kwargs)
+        return out
+    km = key_mask if key_mask is not None else out  # any pointer; not read without a mask
+    args = (q, k, v, out, km, lq, lk, heads, qk_scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            v.stride(0), v.stride(1), out.stride(0), out.stride(1), km.stride(0) if key_mask is not None else 0)
+    meta = dict(HEAD_DIM=d, HAS_KEY_MASK=key_mask is not None)
+    if config is None:
+        grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), n * heads)  # noqa: E731
+        _tuned_kernel[grid](*args, **meta)
+    else:
+        grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), n * heads)
+        _attention_kernel[grid](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages,
+                                **config.kwargs)
+    return out
+
+
+@torch.library.custom_op("dart_ros::flash_attention", mutates_args=())
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                    key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`launch` (autotuned) as an opaque op for ``torch.compile`` and CUDA graphs."""
+    return launch(q, k, v, heads, key_mask)
+
+
+@flash_attention.register_fake
+def _(q, k, v, heads, key_mask=None):
+    return q.new_empty(q.shape)
+
+
+def _key_splits(programs: int, lk: int, device: torch.device) -> int:
+    """Key slices per query tile so that few query rows (the decoder's 201) still give every SM work."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    return max(1, min(math.ceil(2 * sms / programs), lk // 512))
+
+
+def launch_biased(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
+                  config: Optional["triton.Config"] = None, splits: Optional[int] = None) -> torch.Tensor:
+    """softmax(q·kᵀ/√d + bias)·v with the keys split over programs; see :func:`biased_attention`.
+    ``config``/``splits``: fixed block sizes and key splits (probes, tests); default autotuned / by SM count."""
+    n, lq, c = q.shape
+    lk = k.shape[1]
+    d = c // heads
+    splits = splits or _key_splits(math.ceil(lq / 64) * n * heads, lk, q.device)
+    keys_per_split = math.ceil(math.ceil(lk / splits) / 128) * 128  # whole blocks but the last
+    splits = math.ceil(lk / keys_per_split)
+    acc = torch.empty(splits, n * heads, lq, d, device=q.device, dtype=torch.float32)
+    ml = torch.empty(splits, n * heads, lq, 2, device=q.device, dtype=torch.float32)
+    qk_scale = _qk_scale(d)
+    args = (q, k, v, bias, acc, ml, lq, lk, heads, qk_scale, keys_per_split, q.stride(0), q.stride(1),
+            k.stride(0), k.stride(1), v.stride(0), v.stride(1), bias.stride(0), bias.stride(1), bias.stride(2))
+    if config is None:
+        grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), n * heads, splits)  # noqa: E731
+        _tuned_biased_kernel[grid](*args, HEAD_DIM=d)
+    else:
+        grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), n * heads, splits)
+        _biased_split_kernel[grid](*args, HEAD_DIM=d, num_warps=config.num_warps, num_stages=config.num_stages,
+                                   **config.kwargs)
+    m, l_ = ml.unbind(-1)  # merge the slices' partial softmaxes (log2 domain)
+    w = torch.exp2(m - m.amax(0))
+    o = (acc * w[..., None]).sum(0) / (l_ * w).sum(0)[..., None]  # (N·H, Lq, d)
+    return o.view(n, heads, lq, d).transpose(1, 2).reshape(n, lq, c).to(q.dtype)
+
+
+@torch.library.custom_op("dart_ros::biased_attention", mutates_args=())
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                     heads: int) -> torch.Tensor:
+    """(N, Lq, H·d) queries over (N, Lk, H·d) keys/values with an additive (N, H, Lq, Lk) bias: the
+    decoder's boxRPB cross-attention. Its 201 queries give cuDNN only N·H·4 programs, each looping
+    over all 5,184 keys (latency-bound at few classes); here the keys are split over programs and
+    the partial softmaxes merged."""
+    return launch_biased(q, k, v, bias, heads)
+
+
+@biased_attention.register_fake
+def _(q, k, v, bias, heads):
+    return q.new_empty(q.shape)
+
+
+def _is_bias(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, heads: int) -> bool:
+    return (mask is not None and mask.dtype == q.dtype and mask.dim() == 4 and mask.stride(3) == 1
+            and tuple(mask.shape) == (q.shape[0], heads, q.shape[1], k.shape[1]))
+
+
+def _key_mask(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor) -> Optional[torch.Tensor]:
+    """SDPA's (N, 1, 1, Lk) boolean key-padding mask as the kernel's (N, Lk); None if not of that form."""
+    if mask is None or mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1):
+        return None
+    if mask.shape[0] != q.shape[0] or mask.shape[3] != k.shape[1] or mask.stride(3) != 1:
+        return None
+    return mask[:, 0, 0, :]
+
+
+def _inputs_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> bool:
+    """CUDA fp16/bf16 (N, L, H·d) tensors, channels contiguous, head dimension 16-128 (power of two)."""
+    if triton is None or not q.is_cuda:
+        return False
+    if q.dtype not in (torch.float16, torch.bfloat16) or not (q.dtype == k.dtype == v.dtype):
+        return False
+    if not all(_token_major(t) for t in (q, k, v)) or k.shape != v.shape or q.shape[::2] != k.shape[::2]:
+        return False
+    d = q.shape[-1] // heads
+    return d * heads == q.shape[-1] and d in (16, 32, 64, 128)
+
+
+def kernel_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                    mask: Optional[torch.Tensor] = None, min_tokens: int = MIN_TOKENS) -> bool:
+    """Whether one of our kernels handles these inputs (else :func:`attention` uses SDPA): at least
+    ``min_tokens`` queries without a mask or with a key-padding mask (:func:`flash_attention`), or
+    that many keys with an additive bias (:func:`biased_attention`)."""
+    if not _inputs_ok(q, k, v, heads):
+        return False
+    if _is_bias(mask, q, k, heads):
+        return k.shape[1] >= min_tokens
+    # few queries without a bias: the decoder's self- and text attention
+    return (mask is None or _key_mask(mask, q, k) is not None) and q.shape[1] >= min_tokens
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+              mask: Optional[torch.Tensor] = None, min_tokens: int = MIN_TOKENS) -> torch.Tensor:
+    """(N, Lq, C) queries over (N, Lk, C) keys/values, ``heads`` heads, tokens-major in and out.
+    ``min_tokens``: fewest queries (keys, with a bias) per sequence for our kernels; callers whose
+    many short sequences fill the GPU anyway (the ViT's windows) pass 0."""
+    if kernel_supports(q, k, v, heads, mask, min_tokens):
+        if _is_bias(mask, q, k, heads):
+            return biased_attention(q, k, v, mask, heads)
+        return flash_attention(q, k, v, heads, _key_mask(mask, q, k))
+    return sdpa_attention(q, k, v, heads, mask)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`attention`'s contract on ``F.scaled_dot_product_attention`` (every other input)."""
+    n, lq, c = q.shape
+    d = c // heads
+    q = q.reshape(n, lq, heads, d).transpose(1, 2)
+    k = k.reshape(n, k.shape[1], heads, d).transpose(1, 2)
+    v = v.reshape(n, v.shape[1], heads, d).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return o.transpose(1, 2).reshape(n, lq, c)
