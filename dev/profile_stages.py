@@ -19,12 +19,11 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import cuda_kernels
 
 from dart_ros.coco import COCO_CLASSES
 from dart_ros.config import DetectorConfig
 from dart_ros.detector import Detector
-from dart_ros.model import encdec
-from timing import cuda_kernels
 
 FAMILIES = (  # first match wins; names of cuBLAS/cutlass/flash/ATen kernels
     ("attention-ours", r"^_attention_kernel"),  # dart_ros.runtime.attention (Triton)
@@ -83,7 +82,9 @@ def wall_ms(fn: Callable[[], object], iters: int = 20) -> float:
     return float(np.median(out))
 
 
-def sdpa_timings(dtype: torch.dtype, classes: int, tokens: int, queries: int, heads: int, head_dim: int) -> Dict[str, Dict[str, float]]:
+def sdpa_timings(
+    dtype: torch.dtype, classes: int, tokens: int, queries: int, heads: int, head_dim: int
+) -> Dict[str, Dict[str, float]]:
     """Encoder self-attention and decoder biased cross-attention shapes under each SDPA backend."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -92,8 +93,12 @@ def sdpa_timings(dtype: torch.dtype, classes: int, tokens: int, queries: int, he
     k, v = torch.randn_like(q), torch.randn_like(q)
     qd = torch.randn(classes, heads, queries, head_dim, device=dev, dtype=dtype)
     bias = torch.randn(classes, heads, queries, tokens, device=dev, dtype=dtype)
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     cases = {
         "encoder_self_attn": lambda: F.scaled_dot_product_attention(q, k, v),
         "decoder_cross_attn_bias": lambda: F.scaled_dot_product_attention(qd, k, v, attn_mask=bias),
@@ -133,12 +138,24 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("profile_stages.py profiles GPU kernels: no CUDA device")
-    det = Detector(DetectorConfig(backbone=args.backbone, device="cuda", runtime="fast", precision=args.precision,
-                                  cuda_graphs=False, prompt_mode=args.prompt_mode))
+    det = Detector(
+        DetectorConfig(
+            backbone=args.backbone,
+            device="cuda",
+            runtime="fast",
+            precision=args.precision,
+            cuda_graphs=False,
+            prompt_mode=args.prompt_mode,
+        )
+    )
     frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
     px = det.preprocess(frame)[0]
-    report: Dict[str, object] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                 "args": vars(args), "stages": {}}
+    report: Dict[str, object] = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "args": vars(args),
+        "stages": {},
+    }
     texts = []
     with torch.inference_mode():
         bb = lambda: det.features(px)  # noqa: E731
@@ -158,13 +175,23 @@ def main(argv=None) -> int:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
         p = det.model.feature_size
         for n in [n for n in args.classes if n <= 16]:  # beyond, the math backend's scores exceed the GPU
-            s = sdpa_timings(dtype, n, p * p, arch.num_queries, arch.num_heads_encdec, arch.d_model // arch.num_heads_encdec)
+            s = sdpa_timings(
+                dtype, n, p * p, arch.num_queries, arch.num_heads_encdec, arch.d_model // arch.num_heads_encdec
+            )
             report[f"sdpa_{n}"] = s
             texts.append(f"== SDPA backends at {n} classes ({p * p} tokens, {arch.num_queries} queries)")
             for case, d in s.items():
-                texts.append("  " + case + ": " + ", ".join(
-                    f"{b} {v['ms']:.3f} ms" + (f" ({v['tflops']:.0f} TFLOP/s)" if "tflops" in v else "")
-                    if "ms" in v else f"{b} n/a" for b, v in d.items()))
+                texts.append(
+                    "  "
+                    + case
+                    + ": "
+                    + ", ".join(
+                        f"{b} {v['ms']:.3f} ms" + (f" ({v['tflops']:.0f} TFLOP/s)" if "tflops" in v else "")
+                        if "ms" in v
+                        else f"{b} n/a"
+                        for b, v in d.items()
+                    )
+                )
     text = "\n".join(texts)
     print(text)
     with open(args.out + ".txt", "w") as f:

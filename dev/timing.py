@@ -52,5 +52,8 @@ def cuda_kernels(fn: Callable[[], object], calls: int, warmup: int = 1) -> List[
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    return [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
-            if e.device_type == torch.autograd.DeviceType.CUDA]
+    return [
+        (e.name, e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    ]

@@ -1,6 +1,6 @@
 """dart_ros: real-time open-vocabulary multi-class detection with SAM3 and the DART method.
 
-    from dart_ros import Detector, DetectorConfig
+from dart_ros import Detector, DetectorConfig
 """
 
 import warnings
@@ -9,7 +9,12 @@ import warnings
 warnings.filterwarnings("ignore", message="CUDA is not available or torch_xla is imported", category=UserWarning)
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version, which setup.py reads from package.xml
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("dart_ros")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["Detector", "DetectorConfig", "Detections"]
 

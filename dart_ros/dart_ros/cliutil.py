@@ -33,15 +33,20 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: Type, group: Optional[str] = None, doc: Dict[str, str] = None):
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: Type, group: Optional[str] = None, doc: Dict[str, str] = None
+):
     hints = typing.get_type_hints(cls)
     target = parser.add_argument_group(group) if group else parser
     for f in dataclasses.fields(cls):
         tp = _base(hints[f.name])
         origin = typing.get_origin(tp)
         kw: Dict[str, Any] = {"default": None, "help": (doc or {}).get(f.name, "")}
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         kw["help"] = (kw["help"] + f" (default: {default!r})").strip()
         if tp is bool:
             kw["type"] = _bool
@@ -84,9 +89,11 @@ def parse_job_args(doc: str, groups: Sequence[Tuple[Type, Optional[str]]], argv=
     arguments parsed and logging set up; returns ``(parser, args)`` (the parser for ``ap.error``)."""
     import logging
 
+    from dart_ros.config import FIELD_HELP, DetectorConfig
+
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for cls, group in groups:
-        add_dataclass_flags(ap, cls, group=group)
+        add_dataclass_flags(ap, cls, group=group, doc=FIELD_HELP if cls is DetectorConfig else None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return ap, args

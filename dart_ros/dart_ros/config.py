@@ -6,6 +6,7 @@ import dataclasses
 from typing import List, Optional, Tuple
 
 from dart_ros.postprocess import NMS_MODES, PostprocessParams
+from dart_ros.presets import DEFAULT_BACKBONE, LAUNCH_BACKBONES, get_preset
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROMPT_MODES = ("official", "text_only")
@@ -16,7 +17,7 @@ class DetectorConfig:
     """Every tunable of :class:`dart_ros.detector.Detector`.
 
     Model
-        backbone: preset name (``dart_ros.model.registry.PRESETS``), e.g. ``vit_h``, ``repvit_m2_3``.
+        backbone: preset name (``dart_ros.presets.PRESETS``), e.g. ``vit_h``, ``repvit_m2_3``.
         image_size: network input side S (multiple of 14); 0 = the architecture's default (1008).
         sam3_checkpoint: path of ``sam3.pt``; empty = random weights (said loudly).
         backbone_checkpoint: DART student or pruned checkpoint.
@@ -26,7 +27,8 @@ class DetectorConfig:
         seed: random-weight seed.
     Runtime
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1`` …
-        precision: ``fp32``, ``bf16`` or ``fp16`` (reduced precision only on CUDA: autocast in the eager runtime, weights and activations in that dtype in the fast one).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (reduced precision only on CUDA: autocast in the eager
+            runtime, weights and activations in that dtype in the fast one).
         allow_tf32: let fp32 matmuls use TF32 on Ampere+ (off: fp32 means fp32).
         max_classes_per_chunk: classes per encoder-decoder batch. Memory grows with it (at 1008²
             the fast path holds ~32 MB per class of decoder keys and values alone).
@@ -58,7 +60,7 @@ class DetectorConfig:
         letterbox: keep the aspect ratio (pad) instead of SAM3's stretch to S×S.
     """
 
-    backbone: str = "vit_h"
+    backbone: str = DEFAULT_BACKBONE
     image_size: int = 0
     sam3_checkpoint: str = ""
     backbone_checkpoint: str = ""
@@ -94,7 +96,6 @@ class DetectorConfig:
 
     def validate(self) -> "DetectorConfig":
         """Raise ValueError naming the first invalid field; returns self."""
-        from dart_ros.model.registry import get_preset
 
         get_preset(self.backbone)
         if self.image_size and (self.image_size < 14 or self.image_size % 14):
@@ -136,10 +137,51 @@ def check_threshold(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
+# One line per field: the node's parameter descriptions and the CLIs' flag help.
+FIELD_HELP = {
+    "backbone": "backbone preset: " + ", ".join(LAUNCH_BACKBONES),
+    "image_size": "network input side S in pixels, a multiple of 14 (0 = the model's own, 1008 for SAM3)",
+    "sam3_checkpoint": "path of sam3.pt; empty = RANDOM weights",
+    "backbone_checkpoint": "path of a DART student or pruned checkpoint",
+    "timm_weights": "local ImageNet weights of a student's timm network (never downloaded)",
+    "skip_blocks": "ViT blocks to skip (empty = the preset's)",
+    "mask_blocks": "ViT sub-blocks to mask, DART's format: 'block:attn|mlp,…'",
+    "load_text_encoder": "false = serve class names from text_cache only",
+    "seed": "seed of the random weights",
+    "device": "auto (CUDA if available), cpu, cuda, cuda:1 …",
+    "precision": "one of " + ", ".join(PRECISIONS) + " (reduced precision on CUDA only)",
+    "allow_tf32": "let fp32 matmuls use TF32 on Ampere and later",
+    "max_classes_per_chunk": "most classes per encoder-decoder batch (memory grows with it)",
+    "runtime": "auto (fast on CUDA, else eager), eager or fast",
+    "cuda_graphs": "fast runtime: replay CUDA graphs (false: same kernels launched eagerly)",
+    "compile_kernels": "fast runtime: torch.compile the backbone's small element-wise work",
+    "compile_encdec": "fast runtime: torch.compile the encoder and decoder loops (minutes at first start)",
+    "tune_gemms": "fast runtime: time cuBLASLt algorithms for the ViT's GEMMs at start-up (needs nvmath-python)",
+    "classes": "vocabulary (text prompts); also changed by the set_classes service",
+    "max_classes": "largest vocabulary accepted",
+    "max_class_name_chars": "longest class name accepted, in characters",
+    "text_cache": "file of cached text features (keyed by the text encoder's weights)",
+    "prompt_mode": "official (text + image geometry token, as SAM3's processor) or text_only",
+    "confidence_threshold": "keep detections with score > this, in [0, 1)",
+    "nms_iou": "NMS IoU threshold in (0, 1]; 1 disables NMS",
+    "nms_mode": "one of " + ", ".join(NMS_MODES),
+    "nms_groups": "grouped NMS: groups of class names that suppress each other",
+    "max_detections": "most detections per image over all classes (0 = unlimited)",
+    "clip_boxes": "clip boxes to the image",
+    "letterbox": "keep the aspect ratio (pad) instead of SAM3's stretch to S x S",
+}
+
 # Fields that may change while the Detector runs (everything else needs a rebuild).
 RUNTIME_FIELDS = (
-    "confidence_threshold", "nms_iou", "nms_mode", "nms_groups", "max_detections", "clip_boxes",
-    "max_classes_per_chunk", "prompt_mode", "letterbox",
+    "confidence_threshold",
+    "nms_iou",
+    "nms_mode",
+    "nms_groups",
+    "max_detections",
+    "clip_boxes",
+    "max_classes_per_chunk",
+    "prompt_mode",
+    "letterbox",
 )
 
 

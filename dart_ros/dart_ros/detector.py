@@ -274,8 +274,7 @@ class Detector:
         self._settle()
         return self.runners.encdec(feat, vocab.prompt, self.config.prompt_mode == "official")
 
-    def postprocess(self, raw: encdec.EncDecOutput, info: ResizeInfo, vocab: Optional[Vocabulary] = None
-                    ) -> Detections:
+    def postprocess(self, raw: encdec.EncDecOutput, info: ResizeInfo, vocab: Optional[Vocabulary] = None) -> Detections:
         """Raw outputs of one image -> Detections in source pixels, with the current thresholds."""
         vocab = vocab or self._require_vocab()
         return to_detections(raw, info, vocab.names, self._post)
@@ -327,8 +326,9 @@ class Detector:
         if self._pipeline is None:
             from dart_ros.runtime.pipeline import StreamPipeline
 
-            self._pipeline = StreamPipeline(self.runners.backbone, self.runners.encdec, self.preprocess,
-                                            self.postprocess, self.device)
+            self._pipeline = StreamPipeline(
+                self.runners.backbone, self.runners.encdec, self.preprocess, self.postprocess, self.device
+            )
         return self._pipeline.submit(image, color, meta, vocab, vocab.prompt, self.config.prompt_mode == "official")
 
     @torch.inference_mode()
@@ -362,7 +362,7 @@ class Detector:
         feats = self.features(pixels)
         self._sync()
         t2 = time.perf_counter()
-        raws = [self.encode_decode(feats[i:i + 1], vocab) for i in range(len(images))]
+        raws = [self.encode_decode(feats[i : i + 1], vocab) for i in range(len(images))]
         self._sync()
         t3 = time.perf_counter()
         results = [self.postprocess(raw, p[1], vocab) for raw, p in zip(raws, pre, strict=True)]

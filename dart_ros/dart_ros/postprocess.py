@@ -20,13 +20,13 @@ NMS_MODES = ("per_class", "agnostic", "grouped")
 @dataclasses.dataclass(frozen=True)
 class PostprocessParams:
     """Attributes:
-        confidence_threshold: keep scores strictly above this (0 keeps everything positive).
-        nms_iou: IoU above which the lower-scored box is suppressed; >= 1.0 disables NMS.
-        nms_mode: ``per_class`` (boxes of different classes never suppress each other),
-            ``agnostic`` (across all classes) or ``grouped`` (across the classes of a group).
-        nms_groups: for ``grouped``, tuples of class indices that suppress each other.
-        max_detections: top-k by score over all classes (0 = unlimited).
-        clip_boxes: clip boxes to the source image.
+    confidence_threshold: keep scores strictly above this (0 keeps everything positive).
+    nms_iou: IoU above which the lower-scored box is suppressed; >= 1.0 disables NMS.
+    nms_mode: ``per_class`` (boxes of different classes never suppress each other),
+        ``agnostic`` (across all classes) or ``grouped`` (across the classes of a group).
+    nms_groups: for ``grouped``, tuples of class indices that suppress each other.
+    max_detections: top-k by score over all classes (0 = unlimited).
+    clip_boxes: clip boxes to the source image.
     """
 
     confidence_threshold: float = 0.3
@@ -106,8 +106,13 @@ def postprocess(
 HOST_NMS_MAX_CANDIDATES = 512
 
 
-def to_detections(raw, info, class_names: Sequence[str], params: PostprocessParams,
-                  host_nms_max_candidates: int = HOST_NMS_MAX_CANDIDATES) -> Detections:
+def to_detections(
+    raw,
+    info,
+    class_names: Sequence[str],
+    params: PostprocessParams,
+    host_nms_max_candidates: int = HOST_NMS_MAX_CANDIDATES,
+) -> Detections:
     """Raw enc-dec outputs (:class:`~dart_ros.model.encdec.EncDecOutput`) of one image ->
     :class:`~dart_ros.types.Detections` in source pixels (``info``: its
     :class:`~dart_ros.preprocess.ResizeInfo`).

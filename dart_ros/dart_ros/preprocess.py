@@ -64,9 +64,7 @@ def as_hwc_tensor(image: Union[np.ndarray, torch.Tensor], color: str) -> torch.T
     if t.ndim == 2 and channels == 1:
         t = t[:, :, None]
     if t.ndim != 3 or t.shape[2] != channels:
-        raise ImageFormatError(
-            f"image shape {tuple(t.shape)} does not match layout {color!r} (H x W x {channels})"
-        )
+        raise ImageFormatError(f"image shape {tuple(t.shape)} does not match layout {color!r} (H x W x {channels})")
     if t.shape[0] < 2 or t.shape[1] < 2:
         raise ImageFormatError(f"image of {t.shape[1]}x{t.shape[0]} pixels is too small")
     return t

@@ -55,7 +55,9 @@ def reference_outputs(
         if prompt_mode == "official":
             # forward_grounding pops backbone_fpn when there is no mask head: it gets a copy.
             out = sam3.forward_grounding(
-                backbone_out=dict(backbone_out), find_input=find, find_target=None,
+                backbone_out=dict(backbone_out),
+                find_input=find,
+                find_target=None,
                 geometric_prompt=sam3._get_dummy_prompt(),
             )
         elif prompt_mode == "text_only":
@@ -64,8 +66,12 @@ def reference_outputs(
             backbone_out, encoder_out, _ = sam3._run_encoder(dict(backbone_out), find, prompt, mask)
             out = {"encoder_hidden_states": encoder_out["encoder_hidden_states"]}
             out, _ = sam3._run_decoder(
-                memory=encoder_out["encoder_hidden_states"], pos_embed=encoder_out["pos_embed"],
-                src_mask=encoder_out["padding_mask"], out=out, prompt=prompt, prompt_mask=mask,
+                memory=encoder_out["encoder_hidden_states"],
+                pos_embed=encoder_out["pos_embed"],
+                src_mask=encoder_out["padding_mask"],
+                out=out,
+                prompt=prompt,
+                prompt_mask=mask,
                 encoder_out=encoder_out,
             )
         else:

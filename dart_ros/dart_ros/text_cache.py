@@ -44,7 +44,9 @@ class TextCache:
         if data.get("identity") != self.identity:
             log.warning(
                 "ignoring text cache %s: written for model %r, this model is %r",
-                self.path, data.get("identity"), self.identity,
+                self.path,
+                data.get("identity"),
+                self.identity,
             )
             return
         for name, (feat, mask) in data.get("entries", {}).items():

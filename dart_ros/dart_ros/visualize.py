@@ -20,7 +20,9 @@ def draw_detections(rgb: np.ndarray, dets, thickness: int = 2) -> np.ndarray:
 
     out = np.ascontiguousarray(rgb).copy()
     scale = max(0.4, min(out.shape[:2]) / 900.0)
-    for (x1, y1, x2, y2), score, cid in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist()):
+    for (x1, y1, x2, y2), score, cid in zip(
+        dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist(), strict=True
+    ):
         color = class_color(cid)
         p1, p2 = (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2)))
         cv2.rectangle(out, p1, p2, color, thickness)

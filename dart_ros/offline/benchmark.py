@@ -32,10 +32,10 @@ import torch
 from dart_ros.coco import COCO_CLASSES
 from dart_ros.config import DetectorConfig
 from dart_ros.detector import Detector
+from dart_ros.presets import FULL_SIZE_BACKBONES
 from dart_ros.reference import reference_outputs
 
 LEVELS = ("naive", "shared", "batched", "fast", "pipelined")
-BACKBONES = ("vit_h", "vit_h_pruned16", "repvit_m2_3", "tiny_vit_21m", "efficientvit_l1", "efficientvit_l2")
 
 
 def vocabulary(n: int) -> List[str]:
@@ -60,15 +60,28 @@ def measure(fn, budget_s: float, min_iters: int, max_iters: int, warmup: int) ->
 
 def stats(ms: List[float]) -> Dict[str, float]:
     a = np.asarray(ms)
-    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "iters": len(a),
-            "fps": 1000.0 / float(np.median(a))}
+    return {
+        "median_ms": float(np.median(a)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "iters": len(a),
+        "fps": 1000.0 / float(np.median(a)),
+    }
 
 
 def make_detector(backbone: str, runtime: str, args) -> Detector:
-    return Detector(DetectorConfig(backbone=backbone, device="cuda", runtime=runtime, precision=args.precision,
-                                   image_size=args.image_size, confidence_threshold=0.3,
-                                   max_classes_per_chunk=args.chunk, compile_encdec=args.compile_encdec,
-                                   tune_gemms=not args.no_tune_gemms))
+    return Detector(
+        DetectorConfig(
+            backbone=backbone,
+            device="cuda",
+            runtime=runtime,
+            precision=args.precision,
+            image_size=args.image_size,
+            confidence_threshold=0.3,
+            max_classes_per_chunk=args.chunk,
+            compile_encdec=args.compile_encdec,
+            tune_gemms=not args.no_tune_gemms,
+        )
+    )
 
 
 def free(*objs) -> None:
@@ -80,8 +93,9 @@ def free(*objs) -> None:
 def run_eager_levels(args, frames, results) -> None:
     det = make_detector("vit_h", "eager", args)
     px = det.preprocess(frames[0])[0]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16 if args.precision == "bf16" else torch.float16,
-                         enabled=args.precision != "fp32")
+    amp = torch.autocast(
+        "cuda", dtype=torch.bfloat16 if args.precision == "bf16" else torch.float16, enabled=args.precision != "fp32"
+    )
     for n in args.classes:
         names = vocabulary(n)
         det.set_classes(names)
@@ -94,18 +108,27 @@ def run_eager_levels(args, frames, results) -> None:
             if level == "batched":
                 fn = lambda: det.detect(frames[0])  # noqa: E731
             else:
-                def fn(share=level == "shared"):
+
+                def fn(share=level == "shared", names=names):
                     with torch.inference_mode(), amp:
                         pixels = det.preprocess(frames[0])[0]
                         reference_outputs(det.model.sam3, pixels, names, det.config.prompt_mode, share_backbone=share)
+
             slow = level != "batched"
             ms = measure(fn, args.budget_s, 3 if slow else 10, 5 if slow and n >= 16 else args.iters, 1 if slow else 3)
-            row = {"backbone": "vit_h", "level": level, "classes": n, **stats(ms),
-                   "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
+            row = {
+                "backbone": "vit_h",
+                "level": level,
+                "classes": n,
+                **stats(ms),
+                "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+            }
             if level == "batched":
                 row["backbone_ms"] = stats(measure(lambda: det.features(px), 1.0, 10, 50, 3))["median_ms"]
                 feat = det.features(px)
-                row["encdec_ms"] = stats(measure(lambda: det.encode_decode(feat), 1.0, 10, 50, 3))["median_ms"]
+                row["encdec_ms"] = stats(measure(lambda feat=feat: det.encode_decode(feat), 1.0, 10, 50, 3))[
+                    "median_ms"
+                ]
             results.append(row)
             print_row(row)
     free(det)
@@ -124,7 +147,7 @@ def run_fast_levels(backbone: str, args, frames, results) -> None:
             row = {"backbone": backbone, "level": "fast", "classes": n, **stats(ms), "warmup_s": warmup_s}
             row["backbone_ms"] = stats(measure(lambda: det.features(px), 1.0, 10, 100, 5))["median_ms"]
             feat = det.features(px)
-            row["encdec_ms"] = stats(measure(lambda: det.encode_decode(feat), 1.0, 10, 100, 5))["median_ms"]
+            row["encdec_ms"] = stats(measure(lambda feat=feat: det.encode_decode(feat), 1.0, 10, 100, 5))["median_ms"]
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
             results.append(row)
             print_row(row)
@@ -145,10 +168,17 @@ def run_fast_levels(backbone: str, args, frames, results) -> None:
             for r in det.flush():
                 lat.append((time.perf_counter() - r.meta) * 1e3)
             elapsed = time.perf_counter() - start
-            row = {"backbone": backbone, "level": "pipelined", "classes": n, "fps": count / elapsed,
-                   "median_ms": 1000.0 * elapsed / count, "latency_p50_ms": float(np.median(lat)),
-                   "latency_p90_ms": float(np.percentile(lat, 90)), "iters": count,
-                   "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
+            row = {
+                "backbone": backbone,
+                "level": "pipelined",
+                "classes": n,
+                "fps": count / elapsed,
+                "median_ms": 1000.0 * elapsed / count,
+                "latency_p50_ms": float(np.median(lat)),
+                "latency_p90_ms": float(np.percentile(lat, 90)),
+                "iters": count,
+                "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+            }
             results.append(row)
             print_row(row)
     free(det)
@@ -160,23 +190,32 @@ def print_row(r) -> None:
         extra = f"  backbone {r['backbone_ms']:7.2f} ms  enc-dec {r['encdec_ms']:7.2f} ms"
     if "latency_p50_ms" in r:
         extra = f"  latency p50 {r['latency_p50_ms']:7.2f} ms"
-    print(f"{r['backbone']:16s} {r['level']:10s} {r['classes']:3d} cls  {r['median_ms']:8.2f} ms  "
-          f"{r['fps']:7.1f} FPS  mem {r.get('peak_mem_mb', 0):7.0f} MB{extra}", flush=True)
+    print(
+        f"{r['backbone']:16s} {r['level']:10s} {r['classes']:3d} cls  {r['median_ms']:8.2f} ms  "
+        f"{r['fps']:7.1f} FPS  mem {r.get('peak_mem_mb', 0):7.0f} MB{extra}",
+        flush=True,
+    )
 
 
 def environment(args) -> Dict[str, str]:
+    from importlib.metadata import version
+
     import sam3  # noqa: F401
     import timm
-    from importlib.metadata import version
 
     from dart_ros.runtime import blaslt
 
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda, "torch": torch.__version__,
-        "timm": timm.__version__, "sam3": version("sam3"), "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(),
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "sam3": version("sam3"),
+        "python": platform.python_version(),
         "nvmath": version("nvmath-python") if blaslt.available() else None,
-        "host": platform.node(), "args": vars(args),
+        "host": platform.node(),
+        "args": vars(args),
     }
 
 
@@ -203,7 +242,7 @@ def plot(results, path: str) -> None:
     for level in LEVELS:
         pts = sorted((r["classes"], r["fps"]) for r in results if r["backbone"] == "vit_h" and r["level"] == level)
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=level)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=level)
     ax.set(xscale="log", yscale="log", xlabel="classes", ylabel="FPS", title="ViT-H: optimisation hierarchy")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -212,8 +251,10 @@ def plot(results, path: str) -> None:
         for level, style in (("fast", "--"), ("pipelined", "-")):
             pts = sorted((r["classes"], r["fps"]) for r in results if r["backbone"] == b and r["level"] == level)
             if pts:
-                ax.plot(*zip(*pts), style, marker="o", label=f"{b} {level}")
-    ax.set(xscale="log", yscale="log", xlabel="classes", ylabel="FPS", title="Backbones (fast: dashed, pipelined: solid)")
+                ax.plot(*zip(*pts, strict=True), style, marker="o", label=f"{b} {level}")
+    ax.set(
+        xscale="log", yscale="log", xlabel="classes", ylabel="FPS", title="Backbones (fast: dashed, pipelined: solid)"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -222,7 +263,7 @@ def plot(results, path: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    ap.add_argument("--backbones", nargs="+", default=list(FULL_SIZE_BACKBONES), choices=FULL_SIZE_BACKBONES)
     ap.add_argument("--classes", nargs="+", type=int, default=[1, 3, 4, 8, 16, 80])
     ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
     ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"))
@@ -233,8 +274,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-naive-classes", type=int, default=80)
     ap.add_argument("--frame-size", default="1280x720", help="camera frame WxH fed to the detector")
     ap.add_argument("--compile-encdec", action="store_true", help="fast levels: torch.compile the enc-dec loops")
-    ap.add_argument("--no-tune-gemms", action="store_true",
-                    help="fast levels: torch's cuBLASLt pick for the ViT's GEMMs even with nvmath-python installed")
+    ap.add_argument(
+        "--no-tune-gemms",
+        action="store_true",
+        help="fast levels: torch's cuBLASLt pick for the ViT's GEMMs even with nvmath-python installed",
+    )
     ap.add_argument("--out", default="artifacts/benchmark")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

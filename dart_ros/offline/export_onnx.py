@@ -29,9 +29,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default="artifacts/onnx")
     ap.add_argument("--check", default="true", choices=("true", "false"), help="onnxruntime parity vs torch")
     args = ap.parse_args(argv)
-    model = build_model(args.backbone, image_size=args.image_size or None,
-                        sam3_checkpoint=args.sam3_checkpoint or None,
-                        backbone_checkpoint=args.backbone_checkpoint or None)
+    model = build_model(
+        args.backbone,
+        image_size=args.image_size or None,
+        sam3_checkpoint=args.sam3_checkpoint or None,
+        backbone_checkpoint=args.backbone_checkpoint or None,
+    )
     files = export(model, args.out_dir, args.prompt_mode, args.opset)
     report = None
     if args.check == "true":
@@ -39,7 +42,9 @@ def main(argv=None) -> int:
         worst = min(v["cosine"] for v in report.values())
         print(json.dumps(report, indent=1))
         print(f"worst cosine vs torch: {worst:.6f}")
-    manifest = write_manifest(os.path.join(args.out_dir, "manifest.json"), model, args.prompt_mode, args.opset, files, report)
+    manifest = write_manifest(
+        os.path.join(args.out_dir, "manifest.json"), model, args.prompt_mode, args.opset, files, report
+    )
     print(f"wrote {', '.join(manifest['files'].values())} and manifest.json to {args.out_dir}")
     return 0
 

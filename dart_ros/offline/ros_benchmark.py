@@ -175,7 +175,9 @@ class Harness:
         rclpy.try_shutdown(context=self.context)
 
 
-def node_launch(msg_type_name: str, input_topic: str, param_items: List[str]) -> Tuple[Dict[str, object], Dict[str, str]]:
+def node_launch(
+    msg_type_name: str, input_topic: str, param_items: List[str]
+) -> Tuple[Dict[str, object], Dict[str, str]]:
     """Parameters and remappings that make the node read ``input_topic``: raw images on its ``image``
     input, compressed ones on ``image/compressed`` with ``input_transport`` set to match."""
     import yaml
@@ -203,13 +205,24 @@ def start_node(args, msg_type: type):
 
 
 def environment(args, source: Dict[str, object]) -> Dict[str, object]:
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "host": platform.node(), "machine": platform.machine(), "os": platform.platform(),
-           "python": platform.python_version(), "cpus": os.cpu_count(), "source": source, "args": vars(args),
-           "rmw": os.environ.get("RMW_IMPLEMENTATION", "default")}
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "source": source,
+        "args": vars(args),
+        "rmw": os.environ.get("RMW_IMPLEMENTATION", "default"),
+    }
     if shutil.which("nvidia-smi"):
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=10)
+        q = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         env["gpu"] = q.stdout.strip()
     return env
 
@@ -220,16 +233,22 @@ def fixed_rate_rows(harness: Harness, rates: List[float], args) -> List[Dict[str
         runs = [harness.probe(rate, args.duration, args.min_frames, args.drain_s) for _ in range(args.iterations)]
         res = [r for r, _ in runs]
         lat = [r.latency_ms for r in res if r.latency_ms]
-        rows.append({
-            "rate_hz": rate,
-            "output_hz": conclude([r.output_hz for r in res]),
-            "missed_fraction": conclude([r.missed_fraction for r in res]),
-            "latency_ms": {k: conclude([x[k] for x in lat], "max" if k == "max" else "min" if k == "min" else "mean")
-                           for k in ("min", "mean", "p50", "p90", "p99", "max")} if lat else {},
-            "jitter_ms_mean": conclude([r.jitter_ms["mean"] for r in res if r.jitter_ms]),
-            "cpu_percent": conclude([c for _, c in runs]),
-            "iterations": [r.as_dict() for r in res],
-        })
+        rows.append(
+            {
+                "rate_hz": rate,
+                "output_hz": conclude([r.output_hz for r in res]),
+                "missed_fraction": conclude([r.missed_fraction for r in res]),
+                "latency_ms": {
+                    k: conclude([x[k] for x in lat], "max" if k == "max" else "min" if k == "min" else "mean")
+                    for k in ("min", "mean", "p50", "p90", "p99", "max")
+                }
+                if lat
+                else {},
+                "jitter_ms_mean": conclude([r.jitter_ms["mean"] for r in res if r.jitter_ms]),
+                "cpu_percent": conclude([c for _, c in runs]),
+                "iterations": [r.as_dict() for r in res],
+            }
+        )
     return rows
 
 
@@ -246,8 +265,13 @@ def plot(report: Dict[str, object], path: str) -> None:
     top = max([p["playback_hz"] for p in probes] + [1.0])
     ax1.plot([0, top], [0, top], color="0.7", lw=1, label="output = playback")
     ax1.scatter([p["playback_hz"] for p in ok], [p["output_hz"] for p in ok], color="tab:green", label="passed")
-    ax1.scatter([p["playback_hz"] for p in bad], [p["output_hz"] for p in bad], color="tab:red", marker="x",
-                label="failed (slower, or > 5 % unanswered)")
+    ax1.scatter(
+        [p["playback_hz"] for p in bad],
+        [p["output_hz"] for p in bad],
+        color="tab:red",
+        marker="x",
+        label="failed (slower, or > 5 % unanswered)",
+    )
     if report["max_rate_hz"]:
         ax1.axvline(report["max_rate_hz"], color="tab:blue", ls="--", lw=1, label=f"max {report['max_rate_hz']:.1f} Hz")
     ax1.set(xlabel="playback rate (Hz)", ylabel="output rate (Hz)", title="rate search")
@@ -279,37 +303,55 @@ def run(args) -> Dict[str, object]:
         def probe(rate: float) -> ProbeResult:
             r, cpu = harness.probe(rate, args.duration, args.min_frames, args.drain_s)
             cpu_by_probe.append(cpu)
-            print(f"  probe {rate:7.2f} Hz: sent {r.sent:4d}, answered {r.received:4d}, output {r.output_hz:7.2f} Hz, "
-                  f"p50 {r.latency_ms.get('p50', float('nan')):7.1f} ms", flush=True)
+            print(
+                f"  probe {rate:7.2f} Hz: sent {r.sent:4d}, answered {r.received:4d}, output {r.output_hz:7.2f} Hz, "
+                f"p50 {r.latency_ms.get('p50', float('nan')):7.1f} ms",
+                flush=True,
+            )
             return r
 
         print(f"rate search on [{args.lower:g}, {args.upper:g}] Hz", flush=True)
         found: SearchResult = search_max_rate(probe, args.lower, args.upper, args.width, args.step)
-        fixed = sorted({r for r in args.fixed_rates if found.max_rate_hz and r <= 1.05 * found.max_rate_hz}
-                       | ({found.max_rate_hz} if found.max_rate_hz else set()))
+        fixed = sorted(
+            {r for r in args.fixed_rates if found.max_rate_hz and r <= 1.05 * found.max_rate_hz}
+            | ({found.max_rate_hz} if found.max_rate_hz else set())
+        )
         print(f"fixed-rate runs at {fixed} Hz, {args.iterations} each", flush=True)
         rows = fixed_rate_rows(harness, fixed, args)
     finally:
         harness.close()
         if node is not None:
             node.stop()
-    probes = [dict(p.as_dict(), passed=ok, cpu_percent=cpu)
-              for p, ok, cpu in zip(found.probes, found.passed, cpu_by_probe[1:])]  # [0]: the warm-up probe
-    return {"environment": environment(args, source), "max_rate_hz": found.max_rate_hz,
-            "at_upper_bound": found.at_upper_bound, "search": {"probes": probes},
-            "fixed_rates": rows, "title": args.title or (args.bag or f"synthetic {args.synthetic}")}
+    probes = [
+        dict(p.as_dict(), passed=ok, cpu_percent=cpu)
+        for p, ok, cpu in zip(found.probes, found.passed, cpu_by_probe[1:], strict=False)
+    ]  # [0]: the warm-up probe
+    return {
+        "environment": environment(args, source),
+        "max_rate_hz": found.max_rate_hz,
+        "at_upper_bound": found.at_upper_bound,
+        "search": {"probes": probes},
+        "fixed_rates": rows,
+        "title": args.title or (args.bag or f"synthetic {args.synthetic}"),
+    }
 
 
 def print_table(report: Dict[str, object]) -> None:
     m = report["max_rate_hz"]
-    print(f"\nmax sustainable input rate: {'none (the lower bound failed)' if m is None else f'{m:.2f} Hz'}"
-          + (" (the upper bound: widen --upper)" if report["at_upper_bound"] else ""))
-    print(f"{'rate Hz':>8} {'output Hz':>10} {'missed %':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-          f"{'max ms':>8} {'jitter ms':>10} {'CPU %':>6}")
+    print(
+        f"\nmax sustainable input rate: {'none (the lower bound failed)' if m is None else f'{m:.2f} Hz'}"
+        + (" (the upper bound: widen --upper)" if report["at_upper_bound"] else "")
+    )
+    print(
+        f"{'rate Hz':>8} {'output Hz':>10} {'missed %':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+        f"{'max ms':>8} {'jitter ms':>10} {'CPU %':>6}"
+    )
     for r in report["fixed_rates"]:
         lat = r["latency_ms"] or {k: float("nan") for k in ("p50", "p90", "p99", "max")}
-        print(f"{r['rate_hz']:8.2f} {r['output_hz']:10.2f} {100 * r['missed_fraction']:9.1f} {lat['p50']:8.1f} "
-              f"{lat['p90']:8.1f} {lat['p99']:8.1f} {lat['max']:8.1f} {r['jitter_ms_mean']:10.2f} {r['cpu_percent']:6.1f}")
+        print(
+            f"{r['rate_hz']:8.2f} {r['output_hz']:10.2f} {100 * r['missed_fraction']:9.1f} {lat['p50']:8.1f} "
+            f"{lat['p90']:8.1f} {lat['p99']:8.1f} {lat['max']:8.1f} {r['jitter_ms_mean']:10.2f} {r['cpu_percent']:6.1f}"
+        )
 
 
 def main(argv=None) -> int:
@@ -323,8 +365,13 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default="/dart/detections", help="the node's detections topic")
     ap.add_argument("--start-node", action="store_true", help="start the detector node as a child process")
     ap.add_argument("--params-file", default="", help="--start-node: a parameter file (config/*.yaml)")
-    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                    help="--start-node: a node parameter (YAML value), repeatable")
+    ap.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="--start-node: a node parameter (YAML value), repeatable",
+    )
     ap.add_argument("--node-timeout-s", type=float, default=900.0, help="wait this long for the node to subscribe")
     ap.add_argument("--lower", type=float, default=1.0, help="search: lowest rate (Hz)")
     ap.add_argument("--upper", type=float, default=120.0, help="search: highest rate (Hz)")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 import pytest
-
-from dart_ros.ros.process import RosProcess
 
 
 def require_ros():

@@ -30,9 +30,12 @@ def check_flash_kernel() -> None:
     torch.manual_seed(0)
     # (queries, keys, heads, head dim, dtype, key mask, BLOCK_M, BLOCK_N): partial last blocks included
     for lq, lk, heads, d, dtype, masked, bm, bn in (
-            (200, 200, 2, 32, torch.float32, False, 32, 16), (256, 256, 1, 16, torch.float16, False, 64, 32),
-            (77, 77, 2, 64, torch.float32, False, 16, 16), (150, 33, 2, 32, torch.float32, True, 32, 16),
-            (64, 40, 1, 32, torch.float16, True, 32, 64)):
+        (200, 200, 2, 32, torch.float32, False, 32, 16),
+        (256, 256, 1, 16, torch.float16, False, 64, 32),
+        (77, 77, 2, 64, torch.float32, False, 16, 16),
+        (150, 33, 2, 32, torch.float32, True, 32, 16),
+        (64, 40, 1, 32, torch.float16, True, 32, 64),
+    ):
         qk = torch.randn(2, lq, 2 * heads * d).to(dtype)  # q as half of one projection
         q = qk[..., : heads * d]
         k = (torch.randn(2, lk, heads * d) * 3).to(dtype)
@@ -40,7 +43,7 @@ def check_flash_kernel() -> None:
         mask = None
         if masked:  # text prompts of different lengths, padded
             mask = torch.ones(2, 1, 1, lk, dtype=torch.bool)
-            mask[0, ..., lk // 2:] = False
+            mask[0, ..., lk // 2 :] = False
             mask[1, ..., 5:9] = False
         cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=2)
         ref = _reference(q, k, v, heads, mask)
@@ -65,8 +68,11 @@ def check_biased_kernel() -> None:
     torch.manual_seed(0)
     # (classes, queries, keys, heads, d, dtype, BLOCK_M, BLOCK_N, key splits): partial blocks and slices
     for n, lq, lk, heads, d, dtype, bm, bn, splits in (
-            (2, 21, 144, 2, 32, torch.float32, 16, 32, 1), (2, 21, 576, 2, 32, torch.float32, 32, 64, 4),
-            (1, 40, 400, 1, 16, torch.float16, 32, 64, 2), (3, 7, 300, 2, 32, torch.float32, 32, 128, 3)):
+        (2, 21, 144, 2, 32, torch.float32, 16, 32, 1),
+        (2, 21, 576, 2, 32, torch.float32, 32, 64, 4),
+        (1, 40, 400, 1, 16, torch.float16, 32, 64, 2),
+        (3, 7, 300, 2, 32, torch.float32, 32, 128, 3),
+    ):
         q = torch.randn(n, lq, 2 * heads * d)[..., : heads * d].to(dtype)
         k = (torch.randn(n, lk, heads * d) * 2).to(dtype)
         v = torch.randn(n, lk, heads * d).to(dtype)
@@ -107,7 +113,7 @@ def test_kernels_match_sdpa_at_the_encdec_and_vit_shapes_on_the_gpu():
     n, tokens, heads, d, text = 3, 72 * 72, 8, 32, 33
     dev, dt = "cuda", torch.bfloat16
     qk = torch.randn(n, tokens, 2 * heads * d, device=dev, dtype=dt)
-    q, k = qk[..., : heads * d], qk[..., heads * d:]
+    q, k = qk[..., : heads * d], qk[..., heads * d :]
     v = torch.randn(n, tokens, heads * d, device=dev, dtype=dt)
     kt, vt = (torch.randn(n, text, heads * d, device=dev, dtype=dt) for _ in range(2))
     mask = torch.ones(n, 1, 1, text, dtype=torch.bool, device=dev)
@@ -121,8 +127,15 @@ def test_kernels_match_sdpa_at_the_encdec_and_vit_shapes_on_the_gpu():
         rope_qk = torch.randn(seqs, length, 2, 1024, device=dev, dtype=dt)
         qkv = torch.randn(seqs, length, 3, 1024, device=dev, dtype=dt)
         vit.append((rope_qk[:, :, 0], rope_qk[:, :, 1], qkv[:, :, 2], 16))
-    cases = [(a, {}) for a in ((q, k, v, heads), (q, kt, vt, heads, mask), (q[:1].expand(n, -1, -1), kt, vt, heads, mask),
-                               (qd, k, v, heads, bias))] + [(a, {"min_tokens": 0}) for a in vit]
+    cases = [
+        (a, {})
+        for a in (
+            (q, k, v, heads),
+            (q, kt, vt, heads, mask),
+            (q[:1].expand(n, -1, -1), kt, vt, heads, mask),
+            (qd, k, v, heads, bias),
+        )
+    ] + [(a, {"min_tokens": 0}) for a in vit]
     if torch.cuda.get_device_capability()[0] >= 9:  # the self-attentions' tiles by TMA there
         assert att.tma_supported(q, k, v) and all(att.tma_supported(*a[:3]) for a in vit)
     for args, kw in cases:

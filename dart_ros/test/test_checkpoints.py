@@ -1,10 +1,9 @@
 """Checkpoint round trips in the three DART formats, and clear errors for files that do not fit."""
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import make_detector, random_image
+from conftest import random_image
 from dart_ros.config import DetectorConfig
 from dart_ros.detector import Detector
 from dart_ros.model import checkpoint as ck

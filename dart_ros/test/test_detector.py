@@ -153,7 +153,7 @@ def test_detect_batch_equals_single_calls(tiny_detector, rng):
     tiny_detector.set_classes(["person", "car"])
     imgs = [random_image(rng, 200, 300), random_image(rng, 321, 123)]
     batch = tiny_detector.detect_batch(imgs)
-    for img, got in zip(imgs, batch):
+    for img, got in zip(imgs, batch, strict=True):
         one = tiny_detector.detect(img)
         np.testing.assert_array_equal(got.class_ids, one.class_ids)
         np.testing.assert_allclose(got.scores, one.scores, atol=1e-5)
@@ -171,8 +171,14 @@ def test_tensor_input_equals_numpy_input(tiny_detector, rng):
 def test_runtime_updates_are_validated(tiny_detector, rng):
     tiny_detector.set_classes(["person", "car"])
     img = random_image(rng)
-    for bad in [dict(confidence_threshold=1.5), dict(nms_iou=0.0), dict(nms_mode="soft"),
-                dict(max_detections=-1), dict(backbone="vit_h"), dict(nope=1)]:
+    for bad in [
+        dict(confidence_threshold=1.5),
+        dict(nms_iou=0.0),
+        dict(nms_mode="soft"),
+        dict(max_detections=-1),
+        dict(backbone="vit_h"),
+        dict(nope=1),
+    ]:
         with pytest.raises(ValueError):
             tiny_detector.update(**bad)
     assert tiny_detector.config.confidence_threshold == 0.0
@@ -209,8 +215,26 @@ def test_cli_detects_and_writes_json(tmp_path, rng):
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), random_image(rng, 90, 130))
     out_json = tmp_path / "d.json"
-    assert detect_main([str(img), "--classes", "person, dog", "--backbone", "tiny", "--device", "cpu",
-                        "--threshold", "0.0", "--json", str(out_json), "--out", str(tmp_path / "ann.png")]) == 0
+    assert (
+        detect_main(
+            [
+                str(img),
+                "--classes",
+                "person, dog",
+                "--backbone",
+                "tiny",
+                "--device",
+                "cpu",
+                "--confidence-threshold",
+                "0.0",
+                "--json",
+                str(out_json),
+                "--out",
+                str(tmp_path / "ann.png"),
+            ]
+        )
+        == 0
+    )
     [entry] = json.loads(out_json.read_text())
     assert entry["detections"] and {d["class"] for d in entry["detections"]} <= {"person", "dog"}
     assert cv2.imread(str(tmp_path / "ann.png")).shape == (90, 130, 3)

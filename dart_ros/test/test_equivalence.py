@@ -25,7 +25,7 @@ def gap_threshold(scores: torch.Tensor, q: float = 0.6) -> float:
     s = torch.sort(scores.flatten()).values
     i = int(q * (len(s) - 1))
     gaps = s[1:] - s[:-1]
-    j = i + int(torch.argmax(gaps[i:i + 10]))
+    j = i + int(torch.argmax(gaps[i : i + 10]))
     return float((s[j] + s[j + 1]) / 2)
 
 
@@ -62,9 +62,11 @@ def assert_same_detections(got, want, atol, window=8):
     assert len(gs) == len(ws)
     used = set()
     for i in range(len(gs)):
-        partners = [j for j in range(max(0, i - window), min(len(ws), i + window + 1))
-                    if j not in used and gc[i] == wc[j] and abs(gs[i] - ws[j]) <= atol
-                    and (gb[i] - wb[j]).abs().max() <= 1e-2]
+        partners = [
+            j
+            for j in range(max(0, i - window), min(len(ws), i + window + 1))
+            if j not in used and gc[i] == wc[j] and abs(gs[i] - ws[j]) <= atol and (gb[i] - wb[j]).abs().max() <= 1e-2
+        ]
         assert partners, f"detection {i} (class {int(gc[i])}, score {float(gs[i]):.5f}) has no partner"
         used.add(partners[0])
 

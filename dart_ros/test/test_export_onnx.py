@@ -5,16 +5,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import make_detector, random_image
-from dart_ros.model import encdec
 from dart_ros.model.registry import build_model
 from dart_ros.postprocess import postprocess
 from dart_ros.runtime.onnx_export import ENCDEC_INPUTS, OnnxRuntimeStages, export, parity, write_manifest
 
 
-@pytest.mark.parametrize("backbone,mode", [("tiny", "official"), ("tiny_student", "text_only"), ("tiny_pruned", "official")])
+@pytest.mark.parametrize(
+    "backbone,mode", [("tiny", "official"), ("tiny_student", "text_only"), ("tiny_pruned", "official")]
+)
 def test_export_parity(tmp_path, backbone, mode):
     import onnx
 
@@ -25,7 +25,15 @@ def test_export_parity(tmp_path, backbone, mode):
     text = graph.input[ENCDEC_INPUTS.index("text")]
     assert text.type.tensor_type.shape.dim[1].dim_param == "classes"  # dynamic N
     report = parity(model, OnnxRuntimeStages(files["backbone"], files["encdec"]), mode, class_counts=(1, 4))
-    assert set(report) == {"features", "logits_1cls", "boxes_1cls", "presence_1cls", "logits_4cls", "boxes_4cls", "presence_4cls"}
+    assert set(report) == {
+        "features",
+        "logits_1cls",
+        "boxes_1cls",
+        "presence_1cls",
+        "logits_4cls",
+        "boxes_4cls",
+        "presence_4cls",
+    }
     for name, r in report.items():
         assert r["max_abs"] < 1e-4, (name, r)
     manifest = write_manifest(str(tmp_path / "manifest.json"), model, mode, 17, files, report)
@@ -44,8 +52,9 @@ def test_onnx_stages_reproduce_the_detector(tmp_path, rng):
     feat = stages.features(pixels)
     v = det.vocabulary
     raw = stages.encode_decode(feat, v.text, v.mask)
-    boxes, scores, ids = postprocess(raw.scores(), raw.boxes, (info.scale_x, info.scale_y), info.source_hw,
-                                     det.config.postprocess_params())
+    boxes, scores, ids = postprocess(
+        raw.scores(), raw.boxes, (info.scale_x, info.scale_y), info.source_hw, det.config.postprocess_params()
+    )
     want = det.detect(img)
     assert len(want) > 0
     np.testing.assert_array_equal(ids.numpy(), want.class_ids)

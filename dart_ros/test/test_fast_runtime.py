@@ -19,7 +19,7 @@ from dart_ros.runtime.encdec import GraphableEncDec
 def test_graphable_encdec_equals_eager(tiny_detector, rng, mode, n):
     det = tiny_detector
     det.update(prompt_mode=mode)
-    det.set_classes(list(COCO_CLASSES[20:20 + n]))
+    det.set_classes(list(COCO_CLASSES[20 : 20 + n]))
     feat = det.features(det.preprocess(random_image(rng))[0])
     want = det.encode_decode(feat)
     with torch.inference_mode():
@@ -41,7 +41,7 @@ def test_fused_encdec_equals_graphable(tiny_detector, rng, mode, n):
     from dart_ros.runtime.fused_encdec import FusedEncDec
 
     det = tiny_detector
-    det.set_classes(list(COCO_CLASSES[30:30 + n]))
+    det.set_classes(list(COCO_CLASSES[30 : 30 + n]))
     feat = det.features(det.preprocess(random_image(rng))[0])
     official = mode == "official"
     with torch.inference_mode():
@@ -57,7 +57,7 @@ def test_fused_encdec_equals_graphable(tiny_detector, rng, mode, n):
         static = cache.empty_like(8)
         static.copy_rows_(cache, 0, min(n, 8))
         part = fused(img_feat, pos, static, official)
-    for g, w, name in zip(got, want, ("logits", "boxes", "presence")):
+    for g, w, name in zip(got, want, ("logits", "boxes", "presence"), strict=True):
         torch.testing.assert_close(g, w, atol=2e-5, rtol=0, msg=name)
     torch.testing.assert_close(part[0][: min(n, 8)], want[0][:8], atol=2e-5, rtol=0)
 
@@ -145,7 +145,8 @@ def test_real_rope_equals_complex_rope(backbone):
     with torch.inference_mode():
         want = m.forward_features(x)
         assert use_real_rope(m.vision.trunk) == len(m.arch.global_blocks) + sum(
-            1 for i in range(m.arch.depth) if i not in m.arch.global_blocks and i not in m.preset.skip_blocks)
+            1 for i in range(m.arch.depth) if i not in m.arch.global_blocks and i not in m.preset.skip_blocks
+        )
         got = m.forward_features(x)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert not any("rope" in k or "freqs_cis" in k for k in m.state_dict())  # nothing derived is saved
@@ -249,7 +250,7 @@ def test_submit_on_cpu_returns_each_frame_with_its_metadata(rng):
         got += det.submit(f, meta={"seq": i})
     got += det.flush()
     assert [g.meta["seq"] for g in got] == [0, 1, 2]
-    for f, g in zip(frames, got):
+    for f, g in zip(frames, got, strict=True):
         np.testing.assert_allclose(g.scores, det.detect(f).scores, atol=1e-6)
         assert g.image_size == f.shape[:2]
 
@@ -281,7 +282,7 @@ def test_compiled_fused_encdec_equals_eager(tiny_detector, rng):
         cache = eager.prompt_cache(v.text, v.mask)
         want = eager(img_feat, pos, cache, True)
         got = compiled(img_feat, pos, cache, True)
-    for g, w, name in zip(got, want, ("logits", "boxes", "presence")):
+    for g, w, name in zip(got, want, ("logits", "boxes", "presence"), strict=True):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=0, msg=name)
     assert not compiled.run_encoder.failed and not compiled.run_decoder.failed and not compiled.run_geometry.failed
 
@@ -371,8 +372,12 @@ def test_fast_path_precision_gates(backbone, rng):
 @pytest.mark.gpu
 def test_cuda_graphs_equal_eager_launches(rng):
     """Same fast-runtime code with and without graphs, fp32: graphs change nothing numerically."""
-    a = make_detector("vit_h", device="cuda", runtime="fast", precision="fp32", cuda_graphs=False, confidence_threshold=0.0)
-    b = make_detector("vit_h", device="cuda", runtime="fast", precision="fp32", cuda_graphs=True, confidence_threshold=0.0)
+    a = make_detector(
+        "vit_h", device="cuda", runtime="fast", precision="fp32", cuda_graphs=False, confidence_threshold=0.0
+    )
+    b = make_detector(
+        "vit_h", device="cuda", runtime="fast", precision="fp32", cuda_graphs=True, confidence_threshold=0.0
+    )
     for n in (1, 3, 17):
         names = list(COCO_CLASSES[:n])
         a.set_classes(names)
@@ -415,7 +420,7 @@ def test_pipeline_returns_the_sequential_results_in_order(rng):
         np.testing.assert_allclose(g.scores, w.scores, atol=1e-3)
         np.testing.assert_allclose(g.boxes, w.boxes, atol=0.5)
 
-    for w, g in zip(want, got):
+    for w, g in zip(want, got, strict=True):
         same(w, g)
         assert g.timings_ms["encdec"] > 0 and g.timings_ms["backbone"] > 0
     # detect() between submits replays the graphs that hold the in-flight frame's encoder state
@@ -426,7 +431,7 @@ def test_pipeline_returns_the_sequential_results_in_order(rng):
         got += det.submit(frames[i], meta=i)
     got += det.flush()
     assert [g.meta for g in got] == [0, 1, 2]
-    for w, g in zip(want, got):
+    for w, g in zip(want, got, strict=True):
         same(w, g)
 
 
@@ -470,9 +475,14 @@ def test_tuned_gemms_in_a_cuda_graph_equal_torch():
         pytest.skip("nvmath-python not installed")
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(5184, 1024, device="cuda", dtype=torch.bfloat16, generator=g)
-    cases = [(torch.randn(n, 1024, device="cuda", dtype=torch.bfloat16, generator=g) * 0.03,
-              torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g), gelu)
-             for n, gelu in ((4736, True), (3072, False), (1024, False))]
+    cases = [
+        (
+            torch.randn(n, 1024, device="cuda", dtype=torch.bfloat16, generator=g) * 0.03,
+            torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g),
+            gelu,
+        )
+        for n, gelu in ((4736, True), (3072, False), (1024, False))
+    ]
     tuner = blaslt.GemmTuner(candidates=8, iterations=3)
     want = [tuner.linear(x, w, b, gelu) for w, b, gelu in cases]  # eager: plans, returns torch's result
     assert len(tuner._plans) == 3 and all(p is not None for p in tuner._plans.values())
@@ -483,7 +493,7 @@ def test_tuned_gemms_in_a_cuda_graph_equal_torch():
         got = [tuner.linear(x, w, b, gelu) for w, b, gelu in cases]
     graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape and a.is_contiguous()
         torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
 
@@ -509,8 +519,14 @@ def test_tuned_gemms_run_inside_the_backbone_graph(rng):
 def test_every_runtime_streams_through_the_pipeline(rng, runtime):
     """The pipeline drives any runner pair: on CUDA the eager runtime streams too, with its
     sequential results."""
-    det = make_detector("tiny", device="cuda", runtime=runtime, precision="bf16", confidence_threshold=0.1,
-                        classes=list(COCO_CLASSES[:3]))
+    det = make_detector(
+        "tiny",
+        device="cuda",
+        runtime=runtime,
+        precision="bf16",
+        confidence_threshold=0.1,
+        classes=list(COCO_CLASSES[:3]),
+    )
     frames = [random_image(rng, 240 + 8 * i, 320) for i in range(4)]
     want = [det.detect(f) for f in frames]
     got = [r for i, f in enumerate(frames) for r in det.submit(f, meta=i)] + det.flush()

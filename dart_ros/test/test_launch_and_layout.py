@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from dart_ros.config import DetectorConfig
-from dart_ros.model.registry import PRESETS
-from dart_ros.ros.launch_logic import LAUNCH_BACKBONES, detector_launch, parse_classes, preset_file
+from dart_ros.presets import LAUNCH_BACKBONES, PRESETS
+from dart_ros.ros.launch_logic import detector_launch, parse_classes, preset_file
 from dart_ros.ros.params import NodeConfig, _config_value, parameter_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,13 +39,20 @@ def test_every_launch_backbone_has_a_valid_parameter_file(backbone):
 
 
 def test_launch_maps_arguments_onto_parameters_and_remaps():
-    [node] = detector_launch(backbone="repvit_m2_3", image="/cam/color", classes="person, forklift",
-                             sam3_checkpoint="/m/sam3.pt", directory=CONFIG)
+    [node] = detector_launch(
+        backbone="repvit_m2_3",
+        image="/cam/color",
+        classes="person, forklift",
+        sam3_checkpoint="/m/sam3.pt",
+        directory=CONFIG,
+    )
     assert (node.package, node.executable, node.name) == ("dart_ros", "detector_node", "dart")
     assert node.parameters[0].endswith("repvit_m2_3.yaml")
     assert node.parameters[-1] == {"classes": ["person", "forklift"], "sam3_checkpoint": "/m/sam3.pt"}
     assert node.remappings == [("image", "/cam/color")]
-    [node, rviz] = detector_launch(backbone="vit_h", image="/cam/color", compressed=True, use_rviz=True, directory=CONFIG)
+    [node, rviz] = detector_launch(
+        backbone="vit_h", image="/cam/color", compressed=True, use_rviz=True, directory=CONFIG
+    )
     assert node.remappings == [("image/compressed", "/cam/color/compressed")]
     assert node.parameters[-1] == {"input_transport": "compressed"}
     assert rviz.executable == "rviz2" and rviz.arguments[1].endswith("dart.rviz")
@@ -85,17 +92,27 @@ def test_library_never_imports_the_ros_layer():
     for path in _python_files(LIBRARY):
         if path.startswith(ROS_LAYER + os.sep):
             continue
-        bad = [m for m in _imports(path)
-               if m.split(".")[0] in ("rclpy", "sensor_msgs", "vision_msgs", "std_msgs", "dart_ros_interfaces")
-               or m == "dart_ros.ros" or m.startswith("dart_ros.ros.")]
+        bad = [
+            m
+            for m in _imports(path)
+            if m.split(".")[0] in ("rclpy", "sensor_msgs", "vision_msgs", "std_msgs", "dart_ros_interfaces")
+            or m == "dart_ros.ros"
+            or m.startswith("dart_ros.ros.")
+        ]
         assert not bad, f"{os.path.relpath(path, ROOT)} imports {bad}"
 
 
 def _detector_privates():
     """Names of the Detector's private attributes and methods (``self._x`` in detector.py)."""
     tree = ast.parse(open(os.path.join(LIBRARY, "detector.py")).read())
-    return {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and getattr(n.value, "id", None) == "self"
-            and n.attr.startswith("_") and not n.attr.startswith("__")}
+    return {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute)
+        and getattr(n.value, "id", None) == "self"
+        and n.attr.startswith("_")
+        and not n.attr.startswith("__")
+    }
 
 
 def test_nothing_outside_the_detector_reaches_into_its_privates():
@@ -109,7 +126,10 @@ def test_nothing_outside_the_detector_reaches_into_its_privates():
         if path == os.path.join(LIBRARY, "detector.py"):
             continue
         for node in ast.walk(ast.parse(open(path).read())):
-            if (isinstance(node, ast.Attribute) and node.attr in privates
-                    and getattr(node.value, "id", None) not in ("self", "cls")):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in privates
+                and getattr(node.value, "id", None) not in ("self", "cls")
+            ):
                 uses.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} .{node.attr}")
     assert not uses, uses

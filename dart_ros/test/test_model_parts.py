@@ -11,12 +11,19 @@ import torch
 
 from conftest import random_image
 from dart_ros.model.arch import FULL, TINY
-from dart_ros.model.build import bpe_path, build_dot_product_scoring, build_geometry_encoder, build_text_encoder, build_transformer
-from dart_ros.model.registry import PRESETS, build_model
+from dart_ros.model.build import (
+    bpe_path,
+    build_dot_product_scoring,
+    build_geometry_encoder,
+    build_text_encoder,
+    build_transformer,
+)
+from dart_ros.model.registry import build_model
 from dart_ros.model.student import STUDENTS, StudentBackbone
 from dart_ros.model.vit import build_vit_neck
 from dart_ros.postprocess import PostprocessParams, postprocess
 from dart_ros.preprocess import preprocess
+from dart_ros.presets import PRESETS
 
 
 def shapes(module):
@@ -62,7 +69,9 @@ def test_every_preset_gives_detection_features(name):
 @pytest.mark.parametrize("name", ["vit_h", "vit_h_pruned16"])
 def test_full_vit_presets(name):
     m = build_model(name, image_size=224)
-    assert len([b for b in m.vision.trunk.blocks if type(b).__name__ == "SkippedBlock"]) == len(PRESETS[name].skip_blocks)
+    assert len([b for b in m.vision.trunk.blocks if type(b).__name__ == "SkippedBlock"]) == len(
+        PRESETS[name].skip_blocks
+    )
     with torch.inference_mode():
         assert m.forward_features(torch.randn(1, 3, 224, 224)).shape == (1, 256, 16, 16)
 
@@ -89,9 +98,8 @@ def test_forward_detection_equals_full_neck_level():
 
 
 def test_preprocess_equals_sam3_processor_transform(rng):
-    from torchvision.transforms import v2
-
     from sam3.model.sam3_image_processor import Sam3Processor
+    from torchvision.transforms import v2
 
     proc = Sam3Processor(model=None, resolution=224, device="cpu")
     img = random_image(rng, 181, 263)
@@ -105,10 +113,12 @@ def test_preprocess_equals_sam3_processor_transform(rng):
 def test_postprocess_threshold_nms_topk():
     # Two classes; class 0 has two overlapping boxes, class 1 one box overlapping class 0's best.
     scores = torch.tensor([[0.9, 0.8, 0.1], [0.7, 0.05, 0.02]])
-    boxes = torch.tensor([
-        [[0.5, 0.5, 0.2, 0.2], [0.51, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]],
-        [[0.5, 0.5, 0.2, 0.2], [0.9, 0.9, 0.1, 0.1], [0.2, 0.2, 0.1, 0.1]],
-    ])
+    boxes = torch.tensor(
+        [
+            [[0.5, 0.5, 0.2, 0.2], [0.51, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]],
+            [[0.5, 0.5, 0.2, 0.2], [0.9, 0.9, 0.1, 0.1], [0.2, 0.2, 0.1, 0.1]],
+        ]
+    )
 
     def run(**kw):
         b, s, c = postprocess(scores, boxes, (100.0, 50.0), (50, 100), PostprocessParams(**kw))
@@ -124,8 +134,13 @@ def test_postprocess_threshold_nms_topk():
     assert run(confidence_threshold=0.0, nms_iou=1.0, max_detections=2)[1] == pytest.approx([0.9, 0.8])
     assert len(run(confidence_threshold=0.95)[1]) == 0
     # Clipping: a box beyond the image is clipped to it.
-    b, _, _ = postprocess(torch.tensor([[0.9]]), torch.tensor([[[0.95, 0.5, 0.3, 0.3]]]), (100.0, 50.0), (50, 100),
-                          PostprocessParams(confidence_threshold=0.0))
+    b, _, _ = postprocess(
+        torch.tensor([[0.9]]),
+        torch.tensor([[[0.95, 0.5, 0.3, 0.3]]]),
+        (100.0, 50.0),
+        (50, 100),
+        PostprocessParams(confidence_threshold=0.0),
+    )
     assert b[0, 2] == 100.0
 
 

@@ -26,8 +26,11 @@ def check_kernel() -> None:
     from dart_ros.runtime.narrow_mlp import launch
 
     # (input width, hidden, outputs, rows, dtype, BLOCK_M): partial last tiles, padded outputs
-    for k_in, hidden, out, rows, dtype, bm in ((2, 64, 8, 300, torch.float32, 32), (4, 32, 3, 77, torch.float16, 64),
-                                               (2, 256, 8, 129, torch.float16, 64)):
+    for k_in, hidden, out, rows, dtype, bm in (
+        (2, 64, 8, 300, torch.float32, 32),
+        (4, 32, 3, 77, torch.float16, 64),
+        (2, 256, 8, 129, torch.float16, 64),
+    ):
         mlp = _mlp(k_in, hidden, out, dtype)
         x = (torch.randn(3, rows, k_in) * 2).to(dtype)
         first, second = mlp.layers

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import random_image
-from ros_util import Collector, RosClient, require_ros
-
 from dart_ros.ros.process import RosProcess
+from ros_util import Collector, RosClient, require_ros
 
 pytestmark = pytest.mark.ros
 
@@ -43,15 +42,21 @@ def same_header(a, b):
 @pytest.fixture(scope="module")
 def ros(tmp_path_factory):
     require_ros()
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
 
     log = str(tmp_path_factory.mktemp("node") / "node.log")
     node = RosProcess(
         "dart_ros.ros.node",
-        params=dict(backbone="tiny", device="cpu", classes=["person", "car"], confidence_threshold=0.0,
-                    max_detections=10, diagnostics_period_s=0.5),
+        params=dict(
+            backbone="tiny",
+            device="cpu",
+            classes=["person", "car"],
+            confidence_threshold=0.0,
+            max_detections=10,
+            diagnostics_period_s=0.5,
+        ),
         log_path=log,
     )
     client = RosClient()
@@ -93,8 +98,14 @@ def publish_until(client, pub, msg, done, timeout=20.0, what="an answer"):
 def send_and_wait(ros, msg, timeout=20.0):
     """Publish until the detections for this header arrive (a new DDS match may drop a first
     best-effort sample; the node answers every copy with the same header)."""
-    publish_until(ros.client, ros.pub, msg, lambda: ros.dets.find(lambda d: same_header(d.header, msg.header)),
-                  timeout, f"detections for stamp {msg.header.stamp.sec}")
+    publish_until(
+        ros.client,
+        ros.pub,
+        msg,
+        lambda: ros.dets.find(lambda d: same_header(d.header, msg.header)),
+        timeout,
+        f"detections for stamp {msg.header.stamp.sec}",
+    )
     return ros.dets.find(lambda d: same_header(d.header, msg.header))
 
 
@@ -168,16 +179,20 @@ def test_parameter_updates_apply_and_are_validated(ros, rng):
     def get(name):
         fut = params.get_parameters([name])
         ros.client.spin_until(fut.done, 30, f"get {name}")
-        return Parameter.from_parameter_msg(
-            type("P", (), {"name": name, "value": fut.result().values[0]})()).value
+        return Parameter.from_parameter_msg(type("P", (), {"name": name, "value": fut.result().values[0]})()).value
 
     assert get("classes") == ["person", "car"]
     assert set_("max_detections", 3).successful
     assert len(send_and_wait(ros, image_msg(rng, 100, 100)).detections) == 3
     assert set_("confidence_threshold", 0.999).successful
     assert len(send_and_wait(ros, image_msg(rng, 100, 100)).detections) == 0
-    for name, value in [("confidence_threshold", 1.5), ("nms_iou", 0.0), ("prompt_mode", "fast"),
-                        ("backbone", "vit_h"), ("classes", ["a", ""])]:
+    for name, value in [
+        ("confidence_threshold", 1.5),
+        ("nms_iou", 0.0),
+        ("prompt_mode", "fast"),
+        ("backbone", "vit_h"),
+        ("classes", ["a", ""]),
+    ]:
         assert not set_(name, value).successful, (name, value)
     assert get("confidence_threshold") == pytest.approx(0.999)
     assert set_("classes", ["bus"]).successful
@@ -213,8 +228,11 @@ def latest_diagnostics(ros, predicate=lambda s: True, timeout=10.0):
 
 def _status(msg):
     s = msg.status[0]
-    return {"level": int.from_bytes(s.level, "little") if isinstance(s.level, bytes) else s.level,
-            "message": s.message, **{kv.key: kv.value for kv in s.values}}
+    return {
+        "level": int.from_bytes(s.level, "little") if isinstance(s.level, bytes) else s.level,
+        "message": s.message,
+        **{kv.key: kv.value for kv in s.values},
+    }
 
 
 def test_annotated_image_only_while_subscribed(ros, rng):
@@ -228,8 +246,9 @@ def test_annotated_image_only_while_subscribed(ros, rng):
     ros.client.spin_until(lambda: ros.pub.get_subscription_count() > 0 and _annotated_subs(ros) > 0, 10, "match")
     msg = image_msg(rng, 80, 120, frame_id="annotated")
     # The node draws only once *it* sees the subscriber; until then each copy is answered undrawn.
-    publish_until(ros.client, ros.pub, msg, lambda: got.find(lambda m: same_header(m.header, msg.header)),
-                  20, "annotated image")
+    publish_until(
+        ros.client, ros.pub, msg, lambda: got.find(lambda m: same_header(m.header, msg.header)), 20, "annotated image"
+    )
     ann = got.find(lambda m: same_header(m.header, msg.header))
     assert (ann.height, ann.width, ann.encoding) == (80, 120, "rgb8")
     ros.client.node.destroy_subscription(sub)
@@ -266,8 +285,17 @@ def test_diagnostics_report_rates_and_latencies(ros, rng):
     for _ in range(3):
         send_and_wait(ros, image_msg(rng, 100, 100))
     s = latest_diagnostics(ros, lambda s: s.get("latency_total_ms_p50", "nan") != "nan")
-    for key in ("input_rate_hz", "output_rate_hz", "total_dropped_frames", "latency_backbone_ms_p50",
-                "latency_encdec_ms_p50", "vocabulary_version", "backbone", "device", "precision"):
+    for key in (
+        "input_rate_hz",
+        "output_rate_hz",
+        "total_dropped_frames",
+        "latency_backbone_ms_p50",
+        "latency_encdec_ms_p50",
+        "vocabulary_version",
+        "backbone",
+        "device",
+        "precision",
+    ):
         assert key in s, key
     assert s["backbone"] == "tiny" and s["device"] == "cpu" and float(s["latency_total_ms_p50"]) > 0
 
@@ -283,23 +311,37 @@ def test_compressed_input_and_qos_mismatch_warning(rng, tmp_path):
     from vision_msgs.msg import Detection2DArray
 
     node = RosProcess(
-        "dart_ros.ros.node", name="dart_c", log_path=str(tmp_path / "c.log"),
-        params=dict(backbone="tiny", device="cpu", classes=["person"], confidence_threshold=0.0,
-                    input_transport="compressed", qos_reliability="reliable", no_input_warn_s=1.0,
-                    pipelining=True),
+        "dart_ros.ros.node",
+        name="dart_c",
+        log_path=str(tmp_path / "c.log"),
+        params=dict(
+            backbone="tiny",
+            device="cpu",
+            classes=["person"],
+            confidence_threshold=0.0,
+            input_transport="compressed",
+            qos_reliability="reliable",
+            no_input_warn_s=1.0,
+            pipelining=True,
+        ),
         remaps={"image/compressed": "/cam/image/compressed"},
     )
     client = RosClient("dart_test_compressed")
     try:
         dets = Collector()
         client.node.create_subscription(Detection2DArray, "/dart_c/detections", dets, 10)
-        best_effort = client.node.create_publisher(CompressedImage, "/cam/image/compressed",
-                                                   QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+        best_effort = client.node.create_publisher(
+            CompressedImage, "/cam/image/compressed", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        )
         client.spin_until(lambda: "listening on" in node.log(), 60, "node start:\n" + node.log())
 
         def compressed(fmt="jpeg", data=None):
             m = CompressedImage(format=fmt)
-            m.data = data if data is not None else cv2.imencode(".jpg" if fmt == "jpeg" else ".png", random_image(rng, 77, 95))[1].tobytes()
+            m.data = (
+                data
+                if data is not None
+                else cv2.imencode(".jpg" if fmt == "jpeg" else ".png", random_image(rng, 77, 95))[1].tobytes()
+            )
             m.header.stamp.sec = next(_stamps)
             m.header.frame_id = "cam_c"
             return m
@@ -310,19 +352,32 @@ def test_compressed_input_and_qos_mismatch_warning(rng, tmp_path):
         client.spin_until(lambda: "but no image" in node.log(), 15, "QoS warning:\n" + node.log())
         assert "best_effort" in node.log()
         assert not dets.msgs
-        reliable = client.node.create_publisher(CompressedImage, "/cam/image/compressed",
-                                                QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        reliable = client.node.create_publisher(
+            CompressedImage, "/cam/image/compressed", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        )
         client.spin_until(lambda: reliable.get_subscription_count() > 0, 20, "reliable match")
         for fmt in ("jpeg", "png"):
             m = compressed(fmt)
-            publish_until(client, reliable, m, lambda: dets.find(lambda d: same_header(d.header, m.header)),
-                          20, f"{fmt} detections")
+            publish_until(
+                client,
+                reliable,
+                m,
+                lambda m=m: dets.find(lambda d: same_header(d.header, m.header)),
+                20,
+                f"{fmt} detections",
+            )
         garbage = compressed("jpeg", data=b"\xff\xd8 not a jpeg")
         reliable.publish(garbage)
         client.spin_for(1.0)
         m = compressed()
-        publish_until(client, reliable, m, lambda: dets.find(lambda d: same_header(d.header, m.header)),
-                      20, "detections after garbage")
+        publish_until(
+            client,
+            reliable,
+            m,
+            lambda m=m: dets.find(lambda d: same_header(d.header, m.header)),
+            20,
+            "detections after garbage",
+        )
         assert node.alive() and "cannot decode compressed image" in node.log()
     finally:
         client.close()
@@ -338,11 +393,18 @@ def test_node_starts_from_a_launch_preset_file(tmp_path):
     from dart_ros.ros.launch_logic import detector_launch
     from dart_ros.ros.process import RosProcess
 
-    [spec] = detector_launch(backbone="tiny", image="/cam/rgb", classes="forklift, pallet", node_name="dart_l",
-                             device="cpu")
+    [spec] = detector_launch(
+        backbone="tiny", image="/cam/rgb", classes="forklift, pallet", node_name="dart_l", device="cpu"
+    )
     yaml_path, overrides = spec.parameters
-    node = RosProcess("dart_ros.ros.node", overrides, remaps=dict(spec.remappings), name=spec.name,
-                      log_path=str(tmp_path / "l.log"), params_file=yaml_path)
+    node = RosProcess(
+        "dart_ros.ros.node",
+        overrides,
+        remaps=dict(spec.remappings),
+        name=spec.name,
+        log_path=str(tmp_path / "l.log"),
+        params_file=yaml_path,
+    )
     client = RosClient("dart_test_launch")
     try:
         got = Collector()
@@ -363,44 +425,80 @@ def test_bag_replay_reaches_the_node_with_recorded_headers(ros, tmp_path):
     from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS2_KILTED)
-    Img, Header, Time = ts.types["sensor_msgs/msg/Image"], ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    Img, Header, Time = (
+        ts.types["sensor_msgs/msg/Image"],
+        ts.types["std_msgs/msg/Header"],
+        ts.types["builtin_interfaces/msg/Time"],
+    )
     bag = tmp_path / "bag"
     stamps = [(50_000 + i, 7 * i) for i in range(4)]
     with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
         conn = w.add_connection("/cam/image_raw", Img.__msgtype__, typestore=ts)
         for i, (sec, nsec) in enumerate(stamps):
             arr = random_image(np.random.default_rng(i), 48, 64)
-            msg = Img(header=Header(stamp=Time(sec=sec, nanosec=nsec), frame_id="bagcam"), height=48, width=64,
-                      encoding="rgb8", is_bigendian=0, step=192, data=arr.reshape(-1))
+            msg = Img(
+                header=Header(stamp=Time(sec=sec, nanosec=nsec), frame_id="bagcam"),
+                height=48,
+                width=64,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=192,
+                data=arr.reshape(-1),
+            )
             w.write(conn, i * 10**8, ts.serialize_cdr(msg, Img.__msgtype__))
     import subprocess
     import sys
 
     # Played twice: the node keeps only the newest frame and DDS may still drop the very first
     # message of a new best-effort match; every recorded stamp must come back at least once.
-    res = subprocess.run([sys.executable, "-m", "dart_ros.ros.bag_play", str(bag), "--rate", "4", "--loop", "2",
-                          "--wait-subscribers", "1", "--ros-args", "-r", "/cam/image_raw:=/image"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dart_ros.ros.bag_play",
+            str(bag),
+            "--rate",
+            "4",
+            "--loop",
+            "2",
+            "--wait-subscribers",
+            "1",
+            "--ros-args",
+            "-r",
+            "/cam/image_raw:=/image",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     for sec, nsec in stamps:
-        ros.client.spin_until(lambda: ros.dets.find(lambda d: (d.header.stamp.sec, d.header.stamp.nanosec) == (sec, nsec)
-                                                    and d.header.frame_id == "bagcam"), 20, f"detections for {sec}")
+        ros.client.spin_until(
+            lambda sec=sec, nsec=nsec: ros.dets.find(
+                lambda d: (d.header.stamp.sec, d.header.stamp.nanosec) == (sec, nsec) and d.header.frame_id == "bagcam"
+            ),
+            20,
+            f"detections for {sec}",
+        )
 
 
 def test_lifecycle_node_transitions(tmp_path, rng):
     """configure loads and announces, activate listens, deactivate stops, cleanup releases."""
     require_ros()
+    from dart_ros_interfaces.srv import SetClasses
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray, LabelInfo
 
-    from dart_ros_interfaces.srv import SetClasses
-
-    node = RosProcess("dart_ros.ros.lifecycle_node", name="dart_lc", log_path=str(tmp_path / "lc.log"),
-                       params=dict(backbone="tiny", device="cpu", classes=["person"], confidence_threshold=0.0),
-                       remaps={"image": "/lc/image"})
+    node = RosProcess(
+        "dart_ros.ros.lifecycle_node",
+        name="dart_lc",
+        log_path=str(tmp_path / "lc.log"),
+        params=dict(backbone="tiny", device="cpu", classes=["person"], confidence_threshold=0.0),
+        remaps={"image": "/lc/image"},
+    )
     client = RosClient("dart_test_lifecycle")
     try:
         n = client.node
@@ -409,7 +507,9 @@ def test_lifecycle_node_transitions(tmp_path, rng):
         set_classes = n.create_client(SetClasses, "/dart_lc/set_classes")
         dets, infos = Collector(), Collector()
         n.create_subscription(Detection2DArray, "/dart_lc/detections", dets, 10)
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(
+            depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
+        )
         n.create_subscription(LabelInfo, "/dart_lc/label_info", infos, latched)
         pub = n.create_publisher(Image, "/lc/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
 
@@ -433,7 +533,9 @@ def test_lifecycle_node_transitions(tmp_path, rng):
         transition(Transition.TRANSITION_ACTIVATE)
         assert state() == "active"
         client.spin_until(lambda: pub.get_subscription_count() > 0, 20, "input subscription")
-        publish_until(client, pub, msg, lambda: dets.find(lambda d: same_header(d.header, msg.header)), 20, "detections")
+        publish_until(
+            client, pub, msg, lambda: dets.find(lambda d: same_header(d.header, msg.header)), 20, "detections"
+        )
         assert {d.results[0].hypothesis.class_id for d in dets.msgs[-1].detections} <= {"dog", "cat"}
         transition(Transition.TRANSITION_DEACTIVATE)
         client.spin_until(lambda: pub.get_subscription_count() == 0, 20, "input unsubscribed")

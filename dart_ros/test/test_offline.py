@@ -32,22 +32,44 @@ def dataset(tmp_path_factory):
             x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
             bw, bh = int(rng.integers(15, 40)), int(rng.integers(15, 40))
             cv2.rectangle(img, (x, y), (x + bw, y + bh), (255, 0, 0) if k else (0, 255, 0), -1)
-            anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": list(CATS)[(i + k) % 3],
-                         "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": 100 + i,
+                    "category_id": list(CATS)[(i + k) % 3],
+                    "bbox": [x, y, bw, bh],
+                    "area": bw * bh,
+                    "iscrowd": 0,
+                }
+            )
         name = f"img_{i}.jpg"
         cv2.imwrite(str(root / name), img[:, :, ::-1])
         images.append({"id": 100 + i, "file_name": name, "height": h, "width": w})
     ann_path = root / "instances.json"
-    ann_path.write_text(json.dumps({"images": images, "annotations": anns,
-                                    "categories": [{"id": k, "name": v} for k, v in CATS.items()]}))
+    ann_path.write_text(
+        json.dumps(
+            {"images": images, "annotations": anns, "categories": [{"id": k, "name": v} for k, v in CATS.items()]}
+        )
+    )
     return root, ann_path, anns
 
 
 def distill_cfg(images, out, **kw):
     from dart_ros.training.distill import DistillConfig
 
-    base = dict(images=str(images), out_dir=str(out), teacher="tiny", student="tiny_student", batch_size=2,
-                workers=0, device="cpu", epochs=4, log_every=1, save_every_steps=2, lr=3e-3)
+    base = dict(
+        images=str(images),
+        out_dir=str(out),
+        teacher="tiny",
+        student="tiny_student",
+        batch_size=2,
+        workers=0,
+        device="cpu",
+        epochs=4,
+        log_every=1,
+        save_every_steps=2,
+        lr=3e-3,
+    )
     base.update(kw)
     return DistillConfig(**base)
 
@@ -69,8 +91,15 @@ def test_distillation_loss_decreases_and_checkpoint_loads(dataset, tmp_path):
     for name in ("adapter_epoch1.pt", "adapter_epoch6.pt", "adapter_final.pt", "loss.png", "summary.json"):
         assert (out / name).exists(), name
     ck = torch.load(out / "adapter_epoch6.pt", weights_only=True)
-    assert {"epoch", "loss", "adapter_state_dict", "student_state_dict", "optimizer_state_dict",
-            "scheduler_state_dict", "scaler_state_dict"} <= set(ck)
+    assert {
+        "epoch",
+        "loss",
+        "adapter_state_dict",
+        "student_state_dict",
+        "optimizer_state_dict",
+        "scheduler_state_dict",
+        "scaler_state_dict",
+    } <= set(ck)
     model = build_model("tiny_student", backbone_checkpoint=str(out / "adapter_final.pt"))
     final = torch.load(out / "adapter_final.pt", weights_only=True)["student_state_dict"]
     for k, v in model.vision.state_dict().items():
@@ -96,10 +125,36 @@ def test_distillation_resume_continues_exactly(dataset, tmp_path):
 def test_distillation_under_torchrun_two_processes(dataset, tmp_path):
     images, _, _ = dataset
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           os.path.join(ROOT, "offline", "distill.py"), "--images", str(images), "--teacher", "tiny",
-           "--student", "tiny_student", "--out-dir", str(out), "--epochs", "2", "--batch-size", "1",
-           "--workers", "0", "--device", "cpu", "--level-weights", "0", "0", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        os.path.join(ROOT, "offline", "distill.py"),
+        "--images",
+        str(images),
+        "--teacher",
+        "tiny",
+        "--student",
+        "tiny_student",
+        "--out-dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--level-weights",
+        "0",
+        "0",
+        "1",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -112,8 +167,20 @@ def test_pruning_search_and_checkpoint(dataset, tmp_path):
 
     images, _, _ = dataset
     out = tmp_path / "p"
-    summary = run(PruneConfig(images=str(images), out_dir=str(out), backbone="tiny", num_remove=2, mode="subblock",
-                              calibration_images=4, epochs=1, batch_size=2, workers=0, device="cpu"))
+    summary = run(
+        PruneConfig(
+            images=str(images),
+            out_dir=str(out),
+            backbone="tiny",
+            num_remove=2,
+            mode="subblock",
+            calibration_images=4,
+            epochs=1,
+            batch_size=2,
+            workers=0,
+            device="cpu",
+        )
+    )
     report = json.loads((out / "prune_report.json").read_text())
     removed = [tuple(c) for c in report["greedy"][-1]["removed"]]
     assert len(removed) == 2 and not any(i in TINY.global_blocks for i, _ in removed)
@@ -132,8 +199,18 @@ def test_pruning_of_global_blocks_is_refused(dataset, tmp_path):
 
     images, _, _ = dataset
     with pytest.raises(ValueError, match="global"):
-        run(PruneConfig(images=str(images), out_dir=str(tmp_path), backbone="tiny", skip_blocks=(1,),
-                        epochs=1, batch_size=2, workers=0, device="cpu"))
+        run(
+            PruneConfig(
+                images=str(images),
+                out_dir=str(tmp_path),
+                backbone="tiny",
+                skip_blocks=(1,),
+                epochs=1,
+                batch_size=2,
+                workers=0,
+                device="cpu",
+            )
+        )
 
 
 def test_coco_metrics_equal_pycocotools(dataset):
@@ -144,11 +221,15 @@ def test_coco_metrics_equal_pycocotools(dataset):
     _, ann_path, anns = dataset
     gt = load_coco(str(ann_path))
     ids = sorted(gt.getImgIds())
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0} for a in anns]
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0} for a in anns
+    ]
     res = evaluate(gt, perfect, ids, list(CATS))
     assert res["stats"]["AP"] == pytest.approx(1.0) and all(v == pytest.approx(1.0) for v in res["per_class"].values())
     rng = np.random.default_rng(3)
-    shaky = [{**d, "bbox": [v + float(rng.normal(0, 3)) for v in d["bbox"]], "score": float(rng.uniform())} for d in perfect]
+    shaky = [
+        {**d, "bbox": [v + float(rng.normal(0, 3)) for v in d["bbox"]], "score": float(rng.uniform())} for d in perfect
+    ]
     shaky.append({"image_id": ids[0], "category_id": 3, "bbox": [1, 1, 5, 5], "score": 0.99})  # a false positive
     res = evaluate(gt, shaky, ids, list(CATS))
     ev = COCOeval(gt, gt.loadRes(shaky), "bbox")
@@ -192,16 +273,29 @@ def test_autolabel_folder_and_bag(dataset, tmp_path):
     assert out["boxes"] == len(coco.getAnnIds()) > 0
 
     ts = get_typestore(Stores.ROS2_KILTED)
-    Image, Header, Time = ts.types["sensor_msgs/msg/Image"], ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    Image, Header, Time = (
+        ts.types["sensor_msgs/msg/Image"],
+        ts.types["std_msgs/msg/Header"],
+        ts.types["builtin_interfaces/msg/Time"],
+    )
     bag = tmp_path / "bag"
     with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
         conn = w.add_connection("/cam/image_raw", Image.__msgtype__, typestore=ts)
         for i in range(5):
             arr = random_image(np.random.default_rng(i), 60, 80)
-            msg = Image(header=Header(stamp=Time(sec=i, nanosec=0), frame_id="cam"), height=60, width=80,
-                        encoding="bgr8", is_bigendian=0, step=240, data=arr.reshape(-1))
+            msg = Image(
+                header=Header(stamp=Time(sec=i, nanosec=0), frame_id="cam"),
+                height=60,
+                width=80,
+                encoding="bgr8",
+                is_bigendian=0,
+                step=240,
+                data=arr.reshape(-1),
+            )
             w.write(conn, i * 10**9, ts.serialize_cdr(msg, Image.__msgtype__))
-    out = run(AutolabelConfig(source=str(bag), topic="/cam/image_raw", every_nth=2, out_dir=str(tmp_path / "bag_out")), det)
+    out = run(
+        AutolabelConfig(source=str(bag), topic="/cam/image_raw", every_nth=2, out_dir=str(tmp_path / "bag_out")), det
+    )
     coco = COCO(out["annotations"])
     assert len(coco.getImgIds()) == 3
     for img in coco.loadImgs(coco.getImgIds()):
@@ -214,13 +308,32 @@ def test_coco_eval_shards_under_torchrun(dataset, tmp_path):
     """Two ranks each predict every other image; rank 0 merges the shards and scores all of them."""
     images, ann_path, _ = dataset
     out = tmp_path / "ev"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-           os.path.join(ROOT, "offline", "eval_coco.py"), "--annotations", str(ann_path), "--images", str(images),
-           "--backbone", "tiny", "--device", "cpu", "--out-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29541",
+        os.path.join(ROOT, "offline", "eval_coco.py"),
+        "--annotations",
+        str(ann_path),
+        "--images",
+        str(images),
+        "--backbone",
+        "tiny",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(out),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["images"] == 6
-    shards = [[json.loads(ln)["image_id"] for ln in (out / f"predictions_rank{r}_of2.jsonl").read_text().splitlines()]
-              for r in range(2)]
+    shards = [
+        [json.loads(ln)["image_id"] for ln in (out / f"predictions_rank{r}_of2.jsonl").read_text().splitlines()]
+        for r in range(2)
+    ]
     assert sorted(shards[0] + shards[1]) == list(range(100, 106)) and not set(shards[0]) & set(shards[1])

@@ -58,7 +58,7 @@ def test_search_finds_the_capacity_of_a_simulated_node(capacity):
     assert capacity * 0.85 <= found.max_rate_hz <= capacity * 1.06  # up to the 5 % drops allowed
     assert all(r.sent for r in found.probes) and len(found.passed) == len(found.probes)
     # every passing probe at or below the answer, none above it passed
-    assert all(r.rate_hz <= found.max_rate_hz for r, ok in zip(found.probes, found.passed) if ok)
+    assert all(r.rate_hz <= found.max_rate_hz for r, ok in zip(found.probes, found.passed, strict=True) if ok)
 
 
 def test_search_reports_the_bounds():

@@ -21,13 +21,24 @@ def write_bag(path, frames=4):
     from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS2_KILTED)
-    Img, Header, Time = ts.types["sensor_msgs/msg/Image"], ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    Img, Header, Time = (
+        ts.types["sensor_msgs/msg/Image"],
+        ts.types["std_msgs/msg/Header"],
+        ts.types["builtin_interfaces/msg/Time"],
+    )
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
         conn = w.add_connection("/cam/image_raw", Img.__msgtype__, typestore=ts)
         for i in range(frames):
             arr = random_image(np.random.default_rng(i), 96, 128)
-            msg = Img(header=Header(stamp=Time(sec=100 + i, nanosec=0), frame_id="bagcam"), height=96, width=128,
-                      encoding="rgb8", is_bigendian=0, step=384, data=arr.reshape(-1))
+            msg = Img(
+                header=Header(stamp=Time(sec=100 + i, nanosec=0), frame_id="bagcam"),
+                height=96,
+                width=128,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=384,
+                data=arr.reshape(-1),
+            )
             w.write(conn, i * 10**8, ts.serialize_cdr(msg, Img.__msgtype__))
 
 
@@ -42,7 +53,9 @@ def _tool():
 
 @pytest.mark.parametrize("msg_type, remapped", [("Image", "image"), ("CompressedImage", "image/compressed")])
 def test_the_started_node_reads_the_played_topic(msg_type, remapped):
-    params, remaps = _tool().node_launch(msg_type, "/cam/x", ["backbone=tiny", "classes=[a, b]", "confidence_threshold=0.2"])
+    params, remaps = _tool().node_launch(
+        msg_type, "/cam/x", ["backbone=tiny", "classes=[a, b]", "confidence_threshold=0.2"]
+    )
     assert remaps == {remapped: "/cam/x"}
     assert params["backbone"] == "tiny" and params["classes"] == ["a", "b"] and params["confidence_threshold"] == 0.2
     assert params.get("input_transport") == ("compressed" if msg_type == "CompressedImage" else None)
@@ -54,16 +67,52 @@ def test_rate_search_and_fixed_rates_against_the_node(tmp_path):
     require_ros()
     bag, out = tmp_path / "bag", tmp_path / "bench"
     write_bag(bag)
-    cmd = [sys.executable, os.path.join(ROOT, "offline", "ros_benchmark.py"), "--bag", str(bag), "--topic",
-           "/cam/image_raw", "--frames", "4", "--start-node", "--param", "backbone=tiny", "--param", "device=cpu",
-           "--param", "classes=[person, car]", "--lower", "1", "--upper", "5", "--width", "2", "--step", "1",
-           "--duration", "1.5", "--min-frames", "3", "--drain-s", "2", "--fixed-rates", "2", "--iterations", "3",
-           "--node-timeout-s", "120", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "offline", "ros_benchmark.py"),
+        "--bag",
+        str(bag),
+        "--topic",
+        "/cam/image_raw",
+        "--frames",
+        "4",
+        "--start-node",
+        "--param",
+        "backbone=tiny",
+        "--param",
+        "device=cpu",
+        "--param",
+        "classes=[person, car]",
+        "--lower",
+        "1",
+        "--upper",
+        "5",
+        "--width",
+        "2",
+        "--step",
+        "1",
+        "--duration",
+        "1.5",
+        "--min-frames",
+        "3",
+        "--drain-s",
+        "2",
+        "--fixed-rates",
+        "2",
+        "--iterations",
+        "3",
+        "--node-timeout-s",
+        "120",
+        "--out",
+        str(out),
+    ]
     node_log = tmp_path / "bench_node.log"
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"benchmark timed out:\n{e.stdout}\n{e.stderr}\n{node_log.read_text()[-2000:] if node_log.exists() else ''}")
+        pytest.fail(
+            f"benchmark timed out:\n{e.stdout}\n{e.stderr}\n{node_log.read_text()[-2000:] if node_log.exists() else ''}"
+        )
     log = node_log.read_text() if node_log.exists() else ""
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + log[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())

@@ -112,14 +112,24 @@ def evaluate(coco_gt, detections: List[dict], image_ids: Sequence[int], cat_ids:
     for k, cid in enumerate(ev.params.catIds):
         p = precision[:, :, k, 0, -1]
         per_class[int(cid)] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
-    return {"stats": dict(zip(STAT_NAMES, map(float, ev.stats))), "per_class": per_class, "summary": buf.getvalue()}
+    return {
+        "stats": dict(zip(STAT_NAMES, map(float, ev.stats), strict=True)),
+        "per_class": per_class,
+        "summary": buf.getvalue(),
+    }
 
 
 def detections_to_coco(image_id: int, dets, prompt_cats: Sequence[int]) -> List[dict]:
     out = []
-    for (x1, y1, x2, y2), s, c in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist()):
-        out.append({"image_id": int(image_id), "category_id": int(prompt_cats[c]),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)})
+    for (x1, y1, x2, y2), s, c in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist(), strict=True):
+        out.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(prompt_cats[c]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(s),
+            }
+        )
     return out
 
 
@@ -152,8 +162,9 @@ def run(cfg: EvalConfig, det_cfg) -> Optional[dict]:
         image_ids = sorted(coco.getImgIds())
         if cfg.max_images:
             image_ids = image_ids[: cfg.max_images]
-        det_cfg = dataclasses.replace(det_cfg, **PROTOCOLS[cfg.protocol],
-                                      device=str(env.device) if env.device.type == "cuda" else det_cfg.device)
+        det_cfg = dataclasses.replace(
+            det_cfg, **PROTOCOLS[cfg.protocol], device=str(env.device) if env.device.type == "cuda" else det_cfg.device
+        )
         detector = Detector(det_cfg)
         detector.set_classes(prompts)
         if env.is_main:
@@ -161,7 +172,7 @@ def run(cfg: EvalConfig, det_cfg) -> Optional[dict]:
         D.barrier(env)
         cache_path = os.path.join(cfg.out_dir, f"predictions_rank{env.rank}_of{env.world_size}.jsonl")
         done = _read_cache(cache_path) if cfg.resume else {}
-        mine = image_ids[env.rank::env.world_size]
+        mine = image_ids[env.rank :: env.world_size]
         todo = [i for i in mine if i not in done]
         times = []
         with open(cache_path, "a" if cfg.resume else "w") as cache:
@@ -183,13 +194,17 @@ def run(cfg: EvalConfig, det_cfg) -> Optional[dict]:
             all_dets += [d for i in image_ids if i in shard for d in shard[i]]
         scored = evaluate(coco, all_dets, image_ids, list(evaluated))
         results = {
-            "protocol": cfg.protocol, "protocol_settings": PROTOCOLS[cfg.protocol],
-            "images": len(image_ids), "prompts": prompts,
-            "model": detector.model.weights_identity, "random_weights": detector.random_weights,
+            "protocol": cfg.protocol,
+            "protocol_settings": PROTOCOLS[cfg.protocol],
+            "images": len(image_ids),
+            "prompts": prompts,
+            "model": detector.model.weights_identity,
+            "random_weights": detector.random_weights,
             "stats": scored["stats"],
             "per_class": {evaluated[c]: ap for c, ap in scored["per_class"].items()},
             "ms_per_image_median": float(np.median(times)) if times else None,
-            "config": dataclasses.asdict(cfg), "detector": dataclasses.asdict(det_cfg),
+            "config": dataclasses.asdict(cfg),
+            "detector": dataclasses.asdict(det_cfg),
         }
         with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)

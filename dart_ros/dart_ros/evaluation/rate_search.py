@@ -56,8 +56,14 @@ def probe_result(rate_hz: float, sent: Dict[int, float], received: Dict[int, flo
     lat = np.array([(received[k] - sent[k]) * 1e3 for k in keys])
     latency = {}
     if lat.size:
-        latency = {"min": float(lat.min()), "mean": float(lat.mean()), "p50": float(np.percentile(lat, 50)),
-                   "p90": float(np.percentile(lat, 90)), "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}
+        latency = {
+            "min": float(lat.min()),
+            "mean": float(lat.mean()),
+            "p50": float(np.percentile(lat, 50)),
+            "p90": float(np.percentile(lat, 90)),
+            "p99": float(np.percentile(lat, 99)),
+            "max": float(lat.max()),
+        }
     jitter = {}
     if len(recv_times) > 2:
         j = np.abs(np.diff(np.diff(recv_times))) * 1e3
@@ -82,9 +88,16 @@ class SearchResult:
     at_upper_bound: bool  # the answer is the upper bound: widen the window to know more
 
 
-def search_max_rate(probe: Callable[[float], ProbeResult], lower: float, upper: float, width: float,
-                    step: float, binary_tolerance: float = 0.1, linear_tolerance: float = 0.05,
-                    max_missed_fraction: float = 0.05) -> SearchResult:
+def search_max_rate(
+    probe: Callable[[float], ProbeResult],
+    lower: float,
+    upper: float,
+    width: float,
+    step: float,
+    binary_tolerance: float = 0.1,
+    linear_tolerance: float = 0.05,
+    max_missed_fraction: float = 0.05,
+) -> SearchResult:
     """ros2_benchmark's auto-tuner over ``probe(rate)``: a warm-up probe at the midpoint (not judged),
     binary search on [lower, upper] until the window is at most ``width`` Hz wide, then a linear scan
     upward in ``step`` Hz from the last passing rate (stricter tolerance) until the first failure."""

@@ -50,9 +50,7 @@ class Sam3Arch:
     def feature_size(self, image_size: int) -> int:
         """Side P of the stride-14 feature map for a square input of ``image_size``."""
         if image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {image_size} is not divisible by the patch size {self.patch_size}"
-            )
+            raise ValueError(f"image_size {image_size} is not divisible by the patch size {self.patch_size}")
         return image_size // self.patch_size
 
 

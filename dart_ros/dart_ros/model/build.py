@@ -42,9 +42,7 @@ def position_encoding(arch: Sam3Arch) -> nn.Module:
     from sam3.model.position_encoding import PositionEmbeddingSine
 
     # precompute_resolution=None: sam3 would allocate on "cuda" and at the wrong sizes (S/4 … S/32).
-    return PositionEmbeddingSine(
-        num_pos_feats=arch.d_model, normalize=True, scale=None, temperature=10000
-    )
+    return PositionEmbeddingSine(num_pos_feats=arch.d_model, normalize=True, scale=None, temperature=10000)
 
 
 def build_vit_trunk(arch: Sam3Arch, image_size: int) -> nn.Module:
@@ -104,9 +102,7 @@ def _mha(arch: Sam3Arch, batch_first: Optional[bool] = None, dropout: float = 0.
     from sam3.model.model_misc import MultiheadAttentionWrapper
 
     kwargs = {} if batch_first is None else {"batch_first": batch_first}
-    return MultiheadAttentionWrapper(
-        num_heads=arch.num_heads_encdec, dropout=dropout, embed_dim=arch.d_model, **kwargs
-    )
+    return MultiheadAttentionWrapper(num_heads=arch.num_heads_encdec, dropout=dropout, embed_dim=arch.d_model, **kwargs)
 
 
 def build_transformer(arch: Sam3Arch) -> nn.Module:
@@ -288,4 +284,3 @@ def build_sam3_image(
         matcher=None,
     )
     return model.eval()
-

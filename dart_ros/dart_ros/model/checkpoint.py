@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -75,9 +75,7 @@ def load_into(
     are recomputed for the model's input size and are never loaded.
     """
     ignore = tuple(ignore_prefixes)
-    expected = {
-        k: v for k, v in module.state_dict().items() if not _is_derived(k) and not k.startswith(ignore)
-    }
+    expected = {k: v for k, v in module.state_dict().items() if not _is_derived(k) and not k.startswith(ignore)}
     given = {k: v for k, v in state.items() if not _is_derived(k) and not k.startswith(ignore)}
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
@@ -109,7 +107,7 @@ def read_sam3_state(path: str) -> Dict[str, torch.Tensor]:
     ckpt = _load_file(path)
     if isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]
-    state = {k[len(SAM3_PREFIX):]: v for k, v in ckpt.items() if k.startswith(SAM3_PREFIX)}
+    state = {k[len(SAM3_PREFIX) :]: v for k, v in ckpt.items() if k.startswith(SAM3_PREFIX)}
     if not state:
         hint = ""
         if "student_state_dict" in ckpt or "pruned_state_dict" in ckpt:
@@ -119,7 +117,10 @@ def read_sam3_state(path: str) -> Dict[str, torch.Tensor]:
 
 
 def load_sam3_checkpoint(
-    sam3_model: nn.Module, path: str, load_vision: bool = True, load_text: bool = True,
+    sam3_model: nn.Module,
+    path: str,
+    load_vision: bool = True,
+    load_text: bool = True,
     vision_removed_prefixes: Sequence[str] = (),
 ) -> None:
     """Load ``sam3.pt`` into a model from :func:`dart_ros.model.build.build_sam3_image`.
@@ -150,7 +151,7 @@ def save_sam3_checkpoint(sam3_model: nn.Module, path: str) -> None:
 
 
 def _strip_module(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 def load_student_checkpoint(student: nn.Module, path: str) -> dict:
@@ -161,7 +162,9 @@ def load_student_checkpoint(student: nn.Module, path: str) -> dict:
     elif "adapter_state_dict" in ckpt:
         # Adapter-only files pair with timm weights loaded separately.
         load_into(
-            student, _strip_module(ckpt["adapter_state_dict"]), f"student checkpoint {path!r}",
+            student,
+            _strip_module(ckpt["adapter_state_dict"]),
+            f"student checkpoint {path!r}",
             ignore_prefixes=("backbone.",),
         )
     else:
@@ -204,11 +207,17 @@ def load_pruned_state(neck: nn.Module, ckpt: dict, path: str) -> None:
     load_into(neck, _strip_module(ckpt["pruned_state_dict"]), f"pruned checkpoint {path!r}")
 
 
-def save_pruned_checkpoint(neck: nn.Module, path: str, skip_blocks: Sequence[int], mask_blocks: str = "", **extra) -> None:
+def save_pruned_checkpoint(
+    neck: nn.Module, path: str, skip_blocks: Sequence[int], mask_blocks: str = "", **extra
+) -> None:
     state = {k: v.detach().cpu() for k, v in neck.state_dict().items() if not _is_derived(k)}
     torch.save(
-        {"pruned_state_dict": state, "skip_blocks": sorted(int(i) for i in skip_blocks),
-         "mask_blocks": mask_blocks, **extra},
+        {
+            "pruned_state_dict": state,
+            "skip_blocks": sorted(int(i) for i in skip_blocks),
+            "mask_blocks": mask_blocks,
+            **extra,
+        },
         path,
     )
 

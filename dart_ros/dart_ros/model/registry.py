@@ -8,7 +8,6 @@ test path is the production path.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from typing import Optional, Sequence, Tuple
 
@@ -27,43 +26,9 @@ from dart_ros.model.vit import (
     parse_mask_blocks,
     removed_block_keys,
 )
+from dart_ros.presets import BackbonePreset, get_preset
 
 log = logging.getLogger(__name__)
-
-# DART's greedy skip-16 list for ViT-H (DART_METHOD.md §6.1); all window blocks.
-DART_SKIP16 = (5, 10, 12, 14, 17, 18, 19, 20, 21, 22, 24, 25, 26, 27, 28, 30)
-
-
-@dataclasses.dataclass(frozen=True)
-class BackbonePreset:
-    name: str
-    arch: str  # "full" | "tiny"
-    kind: str  # "vit" | "student"
-    student: Optional[str] = None  # key of dart_ros.model.student.STUDENTS
-    skip_blocks: Tuple[int, ...] = ()
-    description: str = ""
-
-
-PRESETS = {
-    p.name: p
-    for p in (
-        BackbonePreset("vit_h", "full", "vit", description="SAM3 ViT-H/14, 32 blocks (teacher)"),
-        BackbonePreset("vit_h_pruned16", "full", "vit", skip_blocks=DART_SKIP16,
-                       description="ViT-H with 16 window blocks removed (DART Pruned-16)"),
-        BackbonePreset("repvit_m2_3", "full", "student", student="repvit_m2_3",
-                       description=STUDENTS["repvit_m2_3"].description),
-        BackbonePreset("tiny_vit_21m", "full", "student", student="tiny_vit_21m",
-                       description=STUDENTS["tiny_vit_21m"].description),
-        BackbonePreset("efficientvit_l1", "full", "student", student="efficientvit_l1",
-                       description=STUDENTS["efficientvit_l1"].description),
-        BackbonePreset("efficientvit_l2", "full", "student", student="efficientvit_l2",
-                       description=STUDENTS["efficientvit_l2"].description),
-        BackbonePreset("tiny", "tiny", "vit", description="tiny SAM3-shaped model for tests and demos"),
-        BackbonePreset("tiny_pruned", "tiny", "vit", skip_blocks=(2,), description="tiny with a skipped block"),
-        BackbonePreset("tiny_student", "tiny", "student", student="test_convnext",
-                       description="tiny encoder-decoder with timm's test_convnext student"),
-    )
-}
 
 
 @contextlib.contextmanager
@@ -73,17 +38,6 @@ def _seeded_on(device: str, seed: int):
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), dev:
         torch.manual_seed(seed)
         yield
-
-
-def list_backbones() -> Tuple[str, ...]:
-    return tuple(PRESETS)
-
-
-def get_preset(name: str) -> BackbonePreset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(PRESETS)}") from None
 
 
 class DartModel(nn.Module):
@@ -97,8 +51,16 @@ class DartModel(nn.Module):
         has_text_encoder: False when built without it (vocabulary from a text cache only).
     """
 
-    def __init__(self, sam3: nn.Module, preset: BackbonePreset, arch: Sam3Arch, image_size: int,
-                 text_identity: str, weights_identity: str, has_text_encoder: bool):
+    def __init__(
+        self,
+        sam3: nn.Module,
+        preset: BackbonePreset,
+        arch: Sam3Arch,
+        image_size: int,
+        text_identity: str,
+        weights_identity: str,
+        has_text_encoder: bool,
+    ):
         super().__init__()
         self.sam3 = sam3
         self.preset = preset
@@ -171,7 +133,8 @@ def build_model(
     if sam3_checkpoint:
         # Checkpoints are read to the CPU and copied into the (possibly GPU) parameters.
         ckpt_io.load_sam3_checkpoint(
-            sam3, sam3_checkpoint,
+            sam3,
+            sam3_checkpoint,
             load_vision=preset.kind == "vit" and not backbone_checkpoint,
             load_text=load_text_encoder,
             vision_removed_prefixes=removed,
@@ -186,8 +149,9 @@ def build_model(
     return DartModel(sam3.eval(), preset, arch, size, text_id, "|".join(parts), load_text_encoder)
 
 
-def _build_vision(preset: BackbonePreset, arch: Sam3Arch, size: int, backbone_checkpoint, timm_weights,
-                  skip_blocks, mask_blocks) -> Tuple[nn.Module, Tuple[str, ...]]:
+def _build_vision(
+    preset: BackbonePreset, arch: Sam3Arch, size: int, backbone_checkpoint, timm_weights, skip_blocks, mask_blocks
+) -> Tuple[nn.Module, Tuple[str, ...]]:
     """The vision backbone of a preset with its own checkpoint loaded; also the state-dict key
     prefixes that pruning removed (present in sam3.pt, absent from the model)."""
     if preset.kind == "student":
@@ -204,7 +168,8 @@ def _build_vision(preset: BackbonePreset, arch: Sam3Arch, size: int, backbone_ch
         pruned, file_skips, file_masks = ckpt_io.read_pruned_header(backbone_checkpoint)
         if skip_blocks is not None and sorted(skip_blocks) != file_skips:
             raise ckpt_io.CheckpointError(
-                f"{backbone_checkpoint!r} was pruned with skip_blocks {file_skips}, but {sorted(skip_blocks)} was requested"
+                f"{backbone_checkpoint!r} was pruned with skip_blocks {file_skips}, "
+                f"but {sorted(skip_blocks)} was requested"
             )
         if mask_blocks and parse_mask_blocks(file_masks) != masks:
             raise ckpt_io.CheckpointError(
@@ -241,9 +206,10 @@ def build_vision_backbone(
         if preset.kind == "vit" and not backbone_checkpoint and sam3_checkpoint:
             state = ckpt_io.read_sam3_state(sam3_checkpoint)
             prefix = ckpt_io.VISION_PREFIX
-            vision_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            ckpt_io.load_into(vision, vision_state, f"vision keys of {sam3_checkpoint!r}",
-                              ignore_prefixes=("sam2_convs.",) + removed)
+            vision_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            ckpt_io.load_into(
+                vision, vision_state, f"vision keys of {sam3_checkpoint!r}", ignore_prefixes=("sam2_convs.",) + removed
+            )
     source = backbone_checkpoint or sam3_checkpoint
     identity = f"{preset.name}:{size}:" + (ckpt_io.file_fingerprint(source) if source else f"random{seed}")
     return vision.eval(), identity

@@ -24,7 +24,9 @@ def _attention_class():
         def from_attention(cls, attn: nn.Module) -> "RealRopeAttention":
             new = cls.__new__(cls)
             nn.Module.__init__(new)
-            new.__dict__.update({k: v for k, v in attn.__dict__.items() if k not in ("_modules", "_parameters", "_buffers")})
+            new.__dict__.update(
+                {k: v for k, v in attn.__dict__.items() if k not in ("_modules", "_parameters", "_buffers")}
+            )
             new._modules = dict(attn._modules)
             new._parameters = dict(attn._parameters)
             new._buffers = {k: v for k, v in attn._buffers.items() if k != "freqs_cis"}

@@ -30,7 +30,7 @@ def message_class(msgtype: str):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
+    ros_args = argv[argv.index("--ros-args") :] if "--ros-args" in argv else []
     own = argv[: len(argv) - len(ros_args)]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bag", help="rosbag2 directory or .mcap/.db3 file")
@@ -41,9 +41,13 @@ def main(argv=None) -> int:
     ap.add_argument("--max", type=int, default=0, help="stop after this many messages (0 = all)")
     ap.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable")
     ap.add_argument("--wait-subscribers", type=int, default=0)
-    ap.add_argument("--delay", type=float, default=0.5,
-                    help="seconds to wait after subscribers matched: discovery completes on the "
-                         "subscriber's side a little later, and a best-effort reader drops what comes first")
+    ap.add_argument(
+        "--delay",
+        type=float,
+        default=0.5,
+        help="seconds to wait after subscribers matched: discovery completes on the "
+        "subscriber's side a little later, and a best-effort reader drops what comes first",
+    )
     args = ap.parse_args(own)
 
     from rosbags.highlevel import AnyReader
@@ -51,7 +55,9 @@ def main(argv=None) -> int:
 
     rclpy.init(args=["bag_play"] + ros_args)
     node = rclpy.create_node("bag_play")
-    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if args.qos == "reliable" else ReliabilityPolicy.BEST_EFFORT)
+    qos = QoSProfile(
+        depth=10, reliability=ReliabilityPolicy.RELIABLE if args.qos == "reliable" else ReliabilityPolicy.BEST_EFFORT
+    )
     sent = 0
     try:
         with AnyReader([Path(args.bag)], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
@@ -61,8 +67,11 @@ def main(argv=None) -> int:
                 return 2
             pubs = {c.topic: node.create_publisher(message_class(c.msgtype), c.topic, qos) for c in conns}
             deadline = time.monotonic() + 30.0
-            while args.wait_subscribers and time.monotonic() < deadline and any(
-                    p.get_subscription_count() < args.wait_subscribers for p in pubs.values()):
+            while (
+                args.wait_subscribers
+                and time.monotonic() < deadline
+                and any(p.get_subscription_count() < args.wait_subscribers for p in pubs.values())
+            ):
                 rclpy.spin_once(node, timeout_sec=0.05)
             end = time.monotonic() + args.delay
             while time.monotonic() < end:
@@ -70,7 +79,7 @@ def main(argv=None) -> int:
             rounds = 0
             while args.loop == 0 or rounds < args.loop:
                 t0_bag = t0_wall = None
-                for i, (conn, stamp, raw) in enumerate(reader.messages(connections=conns)):
+                for conn, stamp, raw in reader.messages(connections=conns):
                     if args.timing:
                         t0_bag = stamp if t0_bag is None else t0_bag
                         t0_wall = time.monotonic() if t0_wall is None else t0_wall

@@ -6,8 +6,6 @@ tensors stay behind the Detector.
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 
 
@@ -35,7 +33,9 @@ def detections_to_msg(dets, header):
     out = Detection2DArray()
     out.header = header
     names = dets.class_names
-    for (x1, y1, x2, y2), score, cid in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist()):
+    for (x1, y1, x2, y2), score, cid in zip(
+        dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist(), strict=True
+    ):
         d = Detection2D()
         d.header = header
         d.bbox.center.position.x = (x1 + x2) / 2.0

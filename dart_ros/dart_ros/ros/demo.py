@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -48,17 +47,24 @@ def main(argv=None) -> int:
 
     import cv2
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
-    from diagnostic_msgs.msg import DiagnosticArray
     from vision_msgs.msg import Detection2DArray
 
     from dart_ros.ros.launch_logic import parse_classes
 
-    node_params = dict(backbone=backbone, device=args.device, classes=parse_classes(args.classes),
-                       confidence_threshold=args.threshold, sam3_checkpoint=args.sam3,
-                       backbone_checkpoint=args.backbone_checkpoint, diagnostics_period_s=1.0,
-                       qos_reliability="reliable", qos_depth=1)
+    node_params = dict(
+        backbone=backbone,
+        device=args.device,
+        classes=parse_classes(args.classes),
+        confidence_threshold=args.threshold,
+        sam3_checkpoint=args.sam3,
+        backbone_checkpoint=args.backbone_checkpoint,
+        diagnostics_period_s=1.0,
+        qos_reliability="reliable",
+        qos_depth=1,
+    )
     from dart_ros.ros.process import RosProcess
 
     log_dir = os.path.abspath(args.out)
@@ -96,10 +102,13 @@ def main(argv=None) -> int:
                 print("timed out waiting for the detector node")
                 return 1
         print("detector ready; starting the image player\n")
-        player = RosProcess("dart_ros.ros.player", dict(rate_hz=args.rate, width=width, height=height,
-                                                        frames=args.frames, reliable=True,
-                                                        wait_for_subscribers=1),
-                            log_path=os.path.join(log_dir, "image_player.log"))
+        player = RosProcess(
+            "dart_ros.ros.player",
+            dict(
+                rate_hz=args.rate, width=width, height=height, frames=args.frames, reliable=True, wait_for_subscribers=1
+            ),
+            log_path=os.path.join(log_dir, "image_player.log"),
+        )
         seen = 0
         while seen < args.frames and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
@@ -110,7 +119,8 @@ def main(argv=None) -> int:
                 top = sorted(msg.detections, key=lambda d: -d.results[0].hypothesis.score)[:3]
                 desc = ", ".join(
                     f"{d.results[0].hypothesis.class_id} {d.results[0].hypothesis.score:.2f} "
-                    f"@({d.bbox.center.position.x:.0f},{d.bbox.center.position.y:.0f} {d.bbox.size_x:.0f}x{d.bbox.size_y:.0f})"
+                    f"@({d.bbox.center.position.x:.0f},{d.bbox.center.position.y:.0f} "
+                    f"{d.bbox.size_x:.0f}x{d.bbox.size_y:.0f})"
                     for d in top
                 )
                 print(f"frame {seen:3d}  stamp {key[0]}.{key[1]:09d}  {len(msg.detections):3d} detections  {desc}")
@@ -137,8 +147,13 @@ def main(argv=None) -> int:
 def summarise(args, backbone, dets, diags, saved) -> int:
     print("\n== summary")
     status = {kv.key: kv.value for kv in diags[-1].status[0].values} if diags else {}
-    rows = [("backbone", backbone), ("weights", status.get("weights", "?")), ("device", status.get("device", "?")),
-            ("frames sent", args.frames), ("frames with detections", len(dets))]
+    rows = [
+        ("backbone", backbone),
+        ("weights", status.get("weights", "?")),
+        ("device", status.get("device", "?")),
+        ("frames sent", args.frames),
+        ("frames with detections", len(dets)),
+    ]
     for stage in ("preprocess", "backbone", "encdec", "postprocess", "total"):
         rows.append((f"{stage} ms (p50)", status.get(f"latency_{stage}_ms_p50", "?")))
     rows.append(("receive->publish ms (p50)", status.get("latency_receive_to_publish_ms_p50", "?")))

@@ -93,8 +93,9 @@ def _pct(values, q) -> float:
     return float(vals[k])
 
 
-def diagnostic_array(stamp, name: str, hardware_id: str, snap: Dict[str, object], info: Dict[str, str],
-                     problem_window_s: float):
+def diagnostic_array(
+    stamp, name: str, hardware_id: str, snap: Dict[str, object], info: Dict[str, str], problem_window_s: float
+):
     """A diagnostic_msgs/DiagnosticArray with one status for the detector."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 

@@ -10,8 +10,7 @@ import dataclasses
 import os
 from typing import Dict, List, Optional, Tuple
 
-LAUNCH_BACKBONES = ("repvit_m2_3", "tiny_vit_21m", "efficientvit_l1", "efficientvit_l2", "vit_h", "vit_h_pruned16", "tiny")
-DEFAULT_BACKBONE = "repvit_m2_3"
+from dart_ros.presets import DEFAULT_BACKBONE, LAUNCH_BACKBONES
 
 
 @dataclasses.dataclass

@@ -79,23 +79,29 @@ class DetectorWiring:
         if self.detector.random_weights:
             log.warning("NO sam3_checkpoint GIVEN: the model has RANDOM weights; detections are meaningless")
 
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(
+            depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
+        )
+        from dart_ros_interfaces.srv import SetClasses
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
         from std_srvs.srv import SetBool
         from vision_msgs.msg import Detection2DArray, LabelInfo
-
-        from dart_ros_interfaces.srv import SetClasses
 
         self.pub_detections = self.create_publisher(Detection2DArray, "~/detections", 10)
         self.pub_label_info = self.create_publisher(LabelInfo, "~/label_info", latched)
         self.pub_annotated = self.create_publisher(Image, "~/image_annotated", 2)
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._owned = [
-            self.pub_detections, self.pub_label_info, self.pub_annotated, self.pub_diagnostics,
+            self.pub_detections,
+            self.pub_label_info,
+            self.pub_annotated,
+            self.pub_diagnostics,
             self.create_service(SetClasses, "~/set_classes", self._on_set_classes, callback_group=self._service_group),
             self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self._service_group),
-            self.create_timer(self.cfg.diagnostics_period_s, self._publish_diagnostics, callback_group=self._timer_group),
+            self.create_timer(
+                self.cfg.diagnostics_period_s, self._publish_diagnostics, callback_group=self._timer_group
+            ),
             self.create_timer(self.cfg.no_input_warn_s, self._check_input, callback_group=self._timer_group),
         ]
         initial_classes = list(self._det_cfg.classes)
@@ -113,16 +119,21 @@ class DetectorWiring:
 
         qos = QoSProfile(
             depth=self.cfg.qos_depth,
-            reliability=ReliabilityPolicy.BEST_EFFORT if self.cfg.qos_reliability == "best_effort" else ReliabilityPolicy.RELIABLE,
+            reliability=ReliabilityPolicy.BEST_EFFORT
+            if self.cfg.qos_reliability == "best_effort"
+            else ReliabilityPolicy.RELIABLE,
         )
         msg_type = CompressedImage if self.cfg.input_transport == "compressed" else Image
-        self.sub = self.create_subscription(msg_type, self.input_topic, self._on_image, qos,
-                                            callback_group=self._image_group)
+        self.sub = self.create_subscription(
+            msg_type, self.input_topic, self._on_image, qos, callback_group=self._image_group
+        )
         with self._cond:
             self._stop = False
         self._worker = threading.Thread(target=self._work, name="dart_inference", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"listening on {self.input_topic} ({self.cfg.qos_reliability}, depth {self.cfg.qos_depth})")
+        self.get_logger().info(
+            f"listening on {self.input_topic} ({self.cfg.qos_reliability}, depth {self.cfg.qos_depth})"
+        )
 
     def _stop_input(self) -> None:
         if self.sub is not None:
@@ -299,7 +310,9 @@ class DetectorWiring:
         try:
             response.classes = self._apply_classes(list(request.classes))
             response.success = True
-            response.message = f"{len(response.classes)} classes active (vocabulary v{self.detector.vocabulary_version})"
+            response.message = (
+                f"{len(response.classes)} classes active (vocabulary v{self.detector.vocabulary_version})"
+            )
         except (InvalidClassesError, ValueError) as e:
             response.success, response.message = False, f"rejected: {e}"
             response.classes = self.detector.classes
@@ -372,8 +385,12 @@ class DetectorWiring:
             input_topic=self.input_topic,
         )
         arr = diagnostic_array(
-            self.get_clock().now().to_msg(), f"{self.get_name()}: detector", info["device"],
-            self.stats.snapshot(), info, problem_window_s=max(5.0, 3 * self.cfg.diagnostics_period_s),
+            self.get_clock().now().to_msg(),
+            f"{self.get_name()}: detector",
+            info["device"],
+            self.stats.snapshot(),
+            info,
+            problem_window_s=max(5.0, 3 * self.cfg.diagnostics_period_s),
         )
         self.pub_diagnostics.publish(arr)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional, Tuple
 
-from dart_ros.config import RUNTIME_FIELDS, DetectorConfig
+from dart_ros.config import FIELD_HELP, RUNTIME_FIELDS, DetectorConfig
 
 INPUT_TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable")
@@ -57,19 +57,6 @@ class NodeConfig:
 NODE_RUNTIME_FIELDS = ("enabled", "annotate_max_rate_hz", "nms_groups", "no_input_warn_s")
 # DetectorConfig fields that are not ROS parameters as such (the node maps them itself).
 DETECTOR_EXCLUDED = ("nms_groups",)
-
-DESCRIPTIONS = {
-    "backbone": "backbone preset: vit_h, vit_h_pruned16, repvit_m2_3, tiny_vit_21m, efficientvit_l1, efficientvit_l2, tiny",
-    "image_size": "network input side S, a multiple of 14 (0 = 1008 for SAM3)",
-    "sam3_checkpoint": "path of sam3.pt; empty = RANDOM weights",
-    "backbone_checkpoint": "DART student or pruned checkpoint",
-    "skip_blocks": "comma-separated ViT blocks to skip (empty = the preset's)",
-    "classes": "vocabulary (text prompts); also changed by the set_classes service",
-    "confidence_threshold": "keep detections with score > this",
-    "nms_iou": "NMS IoU threshold; 1.0 disables NMS",
-    "prompt_mode": "official (text + geometry token) or text_only",
-    "precision": "fp32, bf16 or fp16 (CUDA only)",
-}
 
 
 def _ros_value(field: dataclasses.Field, value):
@@ -124,7 +111,7 @@ def declare_parameters(node, overrides: Optional[Dict[str, Any]] = None) -> Tupl
     for owner, cfg, f in parameter_fields():
         default = overrides.get(f.name, getattr(cfg, f.name))
         desc = ParameterDescriptor(
-            description=DESCRIPTIONS.get(f.name, f.name.replace("_", " ")),
+            description=FIELD_HELP.get(f.name, f.name.replace("_", " ")),
             read_only=not is_dynamic(f.name),
         )
         p = node.declare_parameter(f.name, _ros_value(f, default), desc)

@@ -74,7 +74,11 @@ class ImagePlayer(Node):
         self.wait_subscribers = p("wait_for_subscribers", 0).value
         if self.encoding not in CHANNELS:
             raise ValueError(f"encoding must be one of {sorted(CHANNELS)}")
-        self.files = sorted(f for f in glob.glob(os.path.join(self.image_dir, "*")) if f.lower().endswith(IMAGE_SUFFIXES)) if self.image_dir else []
+        self.files = (
+            sorted(f for f in glob.glob(os.path.join(self.image_dir, "*")) if f.lower().endswith(IMAGE_SUFFIXES))
+            if self.image_dir
+            else []
+        )
         if self.image_dir and not self.files:
             raise ValueError(f"no images in {self.image_dir!r}")
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)

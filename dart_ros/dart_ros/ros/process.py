@@ -23,8 +23,15 @@ def ros_literal(v) -> str:
 class RosProcess:
     """``python -m <module> --ros-args -p …`` as a child process, stopped with escalating signals."""
 
-    def __init__(self, module: str, params: Dict[str, object], remaps: Optional[Dict[str, str]] = None,
-                 name: str = "", log_path: str = "", params_file: str = ""):
+    def __init__(
+        self,
+        module: str,
+        params: Dict[str, object],
+        remaps: Optional[Dict[str, str]] = None,
+        name: str = "",
+        log_path: str = "",
+        params_file: str = "",
+    ):
         args = [sys.executable, "-u", "-m", module, "--ros-args"]
         if params_file:
             args += ["--params-file", params_file]

@@ -66,8 +66,17 @@ def _qk_scale(head_dim: int) -> float:
 
 def _configs():
     # (BLOCK_M, BLOCK_N, warps, stages): the measured front-runners and their neighbours.
-    shapes = ((64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3),
-              (128, 64, 4, 3), (128, 64, 8, 4), (128, 32, 4, 4), (128, 128, 8, 3))
+    shapes = (
+        (64, 64, 4, 3),
+        (64, 64, 4, 4),
+        (64, 32, 4, 4),
+        (64, 128, 4, 3),
+        (128, 64, 8, 3),
+        (128, 64, 4, 3),
+        (128, 64, 8, 4),
+        (128, 32, 4, 4),
+        (128, 128, 8, 3),
+    )
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
 
 
@@ -75,8 +84,10 @@ def _tma_configs():
     # With TMA loads 64 × 128 tiles won at the enc-dec's shapes and the ViT's global blocks, 128 × 64
     # (8 warps) at its windows (H100; runs m).
     shapes = ((64, 128, 4, 3), (64, 64, 4, 4), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4))
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=_tma_blocks)
-            for bm, bn, w, st in shapes]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=_tma_blocks)
+        for bm, bn, w, st in shapes
+    ]
 
 
 def _tma_blocks(nargs) -> None:
@@ -101,8 +112,9 @@ if triton is not None:
         head = h * HEAD_DIM  # heads are contiguous HEAD_DIM-wide slices of the channel axis
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
-        q = tl.load(Q + n * s_qn + offs_m[:, None] * s_ql + head + offs_d[None, :], mask=offs_m[:, None] < Lq,
-                    other=0.0)
+        q = tl.load(
+            Q + n * s_qn + offs_m[:, None] * s_ql + head + offs_d[None, :], mask=offs_m[:, None] < Lq, other=0.0
+        )
         return n, h, head, offs_m, offs_d, q
 
     @triton.jit
@@ -116,8 +128,23 @@ if triton is not None:
         return m_new, l_i, acc
 
     @triton.jit
-    def _block(q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, stride_kl, stride_vl,
-               BLOCK_N: tl.constexpr, MASK: tl.constexpr, HAS_KEY_MASK: tl.constexpr):
+    def _block(
+        q,
+        k_ptrs,
+        v_ptrs,
+        km_ptr,
+        start,
+        Lk,
+        m_i,
+        l_i,
+        acc,
+        qk_scale,
+        stride_kl,
+        stride_vl,
+        BLOCK_N: tl.constexpr,
+        MASK: tl.constexpr,
+        HAS_KEY_MASK: tl.constexpr,
+    ):
         offs_n = start + tl.arange(0, BLOCK_N)
         if MASK:
             k = tl.load(k_ptrs + start * stride_kl, mask=offs_n[None, :] < Lk, other=0.0)
@@ -134,10 +161,30 @@ if triton is not None:
         return _online_softmax(s, v, m_i, l_i, acc, qk_scale)
 
     @triton.jit
-    def _attention_kernel(Q, K, V, O, KM, Lq, Lk, H, qk_scale,
-                          s_qn, s_ql, s_kn, s_kl, s_vn, s_vl, s_on, s_ol, s_km,
-                          HEAD_DIM: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _attention_kernel(
+        Q,
+        K,
+        V,
+        Out,
+        KM,
+        Lq,
+        Lk,
+        H,
+        qk_scale,
+        s_qn,
+        s_ql,
+        s_kn,
+        s_kl,
+        s_vn,
+        s_vl,
+        s_on,
+        s_ol,
+        s_km,
+        HEAD_DIM: tl.constexpr,
+        HAS_KEY_MASK: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
         n, h, head, offs_m, offs_d, q = _query_tile(Q, s_qn, s_ql, Lq, H, HEAD_DIM, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         k_ptrs = K + n * s_kn + offs_n[None, :] * s_kl + head + offs_d[:, None]  # (D, BLOCK_N): k transposed
@@ -149,21 +196,39 @@ if triton is not None:
         # a key mask (short text prompts) masks every block; without one only the partial last block
         full_end = 0 if HAS_KEY_MASK else (Lk // BLOCK_N) * BLOCK_N
         for start in range(0, full_end, BLOCK_N):
-            m_i, l_i, acc = _block(q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, s_kl, s_vl,
-                                   BLOCK_N, False, False)
+            m_i, l_i, acc = _block(
+                q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, s_kl, s_vl, BLOCK_N, False, False
+            )
         for start in range(full_end, Lk, BLOCK_N):
-            m_i, l_i, acc = _block(q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, s_kl, s_vl,
-                                   BLOCK_N, True, HAS_KEY_MASK)
+            m_i, l_i, acc = _block(
+                q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, s_kl, s_vl, BLOCK_N, True, HAS_KEY_MASK
+            )
         o = acc / l_i[:, None]
-        tl.store(O + n * s_on + offs_m[:, None] * s_ol + head + offs_d[None, :], o.to(O.dtype.element_ty),
-                 mask=offs_m[:, None] < Lq)
+        tl.store(
+            Out + n * s_on + offs_m[:, None] * s_ol + head + offs_d[None, :],
+            o.to(Out.dtype.element_ty),
+            mask=offs_m[:, None] < Lq,
+        )
 
-    _tuned_kernel = triton.autotune(configs=_configs(), key=["Lq", "Lk", "HEAD_DIM", "HAS_KEY_MASK"])(
-        _attention_kernel)
+    _tuned_kernel = triton.autotune(configs=_configs(), key=["Lq", "Lk", "HEAD_DIM", "HAS_KEY_MASK"])(_attention_kernel)
 
     @triton.jit
-    def _tma_step(q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale,
-                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr):
+    def _tma_step(
+        q,
+        k_desc,
+        v_desc,
+        n,
+        col,
+        start,
+        Lk,
+        m_i,
+        l_i,
+        acc,
+        qk_scale,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        MASK: tl.constexpr,
+    ):
         k = k_desc.load([n, start, col]).reshape(BLOCK_N, HEAD_DIM)  # rows past Lk arrive as zeros
         v = v_desc.load([n, start, col]).reshape(BLOCK_N, HEAD_DIM)
         s = tl.dot(q, k.T)
@@ -172,8 +237,19 @@ if triton is not None:
         return _online_softmax(s, v, m_i, l_i, acc, qk_scale)
 
     @triton.jit
-    def _tma_attention_kernel(q_desc, k_desc, v_desc, o_desc, Lq, Lk, H, qk_scale,
-                              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _tma_attention_kernel(
+        q_desc,
+        k_desc,
+        v_desc,
+        o_desc,
+        Lq,
+        Lk,
+        H,
+        qk_scale,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
         """:func:`_attention_kernel` without a key mask, its tiles moved by the TMA unit: (N, L, H·d)
         descriptors, program (m, n·H + h)."""
         pid_nh = tl.program_id(1)
@@ -186,20 +262,44 @@ if triton is not None:
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         full_end = (Lk // BLOCK_N) * BLOCK_N
         for start in range(0, full_end, BLOCK_N):
-            m_i, l_i, acc = _tma_step(q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale,
-                                      HEAD_DIM, BLOCK_N, False)
+            m_i, l_i, acc = _tma_step(
+                q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, False
+            )
         for start in range(full_end, Lk, BLOCK_N):
-            m_i, l_i, acc = _tma_step(q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale,
-                                      HEAD_DIM, BLOCK_N, True)
+            m_i, l_i, acc = _tma_step(
+                q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, True
+            )
         o = acc / l_i[:, None]
         o_desc.store([n, start_m, col], o.to(o_desc.dtype).reshape(1, BLOCK_M, HEAD_DIM))  # rows past Lq dropped
 
     _tuned_tma_kernel = triton.autotune(configs=_tma_configs(), key=["Lq", "Lk", "HEAD_DIM"])(_tma_attention_kernel)
 
     @triton.jit
-    def _biased_split_kernel(Q, K, V, B, ACC, ML, Lq, Lk, H, qk_scale, keys_per_split,
-                             s_qn, s_ql, s_kn, s_kl, s_vn, s_vl, s_bn, s_bh, s_bq,
-                             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _biased_split_kernel(
+        Q,
+        K,
+        V,
+        B,
+        ACC,
+        ML,
+        Lq,
+        Lk,
+        H,
+        qk_scale,
+        keys_per_split,
+        s_qn,
+        s_ql,
+        s_kn,
+        s_kl,
+        s_vn,
+        s_vl,
+        s_bn,
+        s_bh,
+        s_bq,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
         """Few queries over many keys with an additive bias: program (m, n·h, s) covers the s-th
         slice of the keys and writes its unnormalised partial softmax (merged by the caller)."""
         n, h, head, offs_m, offs_d, q = _query_tile(Q, s_qn, s_ql, Lq, H, HEAD_DIM, BLOCK_M)
@@ -230,7 +330,8 @@ if triton is not None:
         tl.store(ML + base * 2 + 1, l_i, mask=row_ok)
 
     _tuned_biased_kernel = triton.autotune(configs=_biased_configs(), key=["Lq", "Lk", "HEAD_DIM", "keys_per_split"])(
-        _biased_split_kernel)
+        _biased_split_kernel
+    )
 
 
 def _token_major(t: torch.Tensor) -> bool:
@@ -260,8 +361,15 @@ def _descriptor(t: torch.Tensor, head_dim: int) -> "TensorDescriptor":
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 64, head_dim])  # blocks set per config
 
 
-def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, key_mask: Optional[torch.Tensor] = None,
-           config: Optional["triton.Config"] = None, tma: Optional[bool] = None) -> torch.Tensor:
+def launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    key_mask: Optional[torch.Tensor] = None,
+    config: Optional["triton.Config"] = None,
+    tma: Optional[bool] = None,
+) -> torch.Tensor:
     """Run the kernel: (N, Lq, H·d) queries over (N, Lk, H·d) keys/values, H heads -> (N, Lq, H·d).
 
     ``key_mask``: (N, Lk) bool, True = attend (padding of text prompts). ``config``: fixed block
@@ -283,28 +391,59 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, key_ma
             grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), n * heads)  # noqa: E731
             _tuned_tma_kernel[grid](*descs, lq, lk, heads, qk_scale, HEAD_DIM=d)
         else:
-            _tma_blocks(dict(zip(("q_desc", "k_desc", "v_desc", "o_desc"), descs), HEAD_DIM=d, **config.kwargs))
+            _tma_blocks(
+                dict(zip(("q_desc", "k_desc", "v_desc", "o_desc"), descs, strict=True), HEAD_DIM=d, **config.kwargs)
+            )
             grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), n * heads)
-            _tma_attention_kernel[grid](*descs, lq, lk, heads, qk_scale, HEAD_DIM=d, num_warps=config.num_warps,
-                                        num_stages=config.num_stages, **config.kwargs)
+            _tma_attention_kernel[grid](
+                *descs,
+                lq,
+                lk,
+                heads,
+                qk_scale,
+                HEAD_DIM=d,
+                num_warps=config.num_warps,
+                num_stages=config.num_stages,
+                **config.kwargs,
+            )
         return out
     km = key_mask if key_mask is not None else out  # any pointer; not read without a mask
-    args = (q, k, v, out, km, lq, lk, heads, qk_scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-            v.stride(0), v.stride(1), out.stride(0), out.stride(1), km.stride(0) if key_mask is not None else 0)
+    args = (
+        q,
+        k,
+        v,
+        out,
+        km,
+        lq,
+        lk,
+        heads,
+        qk_scale,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        out.stride(0),
+        out.stride(1),
+        km.stride(0) if key_mask is not None else 0,
+    )
     meta = dict(HEAD_DIM=d, HAS_KEY_MASK=key_mask is not None)
     if config is None:
         grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), n * heads)  # noqa: E731
         _tuned_kernel[grid](*args, **meta)
     else:
         grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), n * heads)
-        _attention_kernel[grid](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages,
-                                **config.kwargs)
+        _attention_kernel[grid](
+            *args, **meta, num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs
+        )
     return out
 
 
 @torch.library.custom_op("dart_ros::flash_attention", mutates_args=())
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                    key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def flash_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, key_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """:func:`launch` (autotuned) as an opaque op for ``torch.compile`` and CUDA graphs."""
     return launch(q, k, v, heads, key_mask)
 
@@ -320,8 +459,15 @@ def _key_splits(programs: int, lk: int, device: torch.device) -> int:
     return max(1, min(math.ceil(2 * sms / programs), lk // 512))
 
 
-def launch_biased(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
-                  config: Optional["triton.Config"] = None, splits: Optional[int] = None) -> torch.Tensor:
+def launch_biased(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    heads: int,
+    config: Optional["triton.Config"] = None,
+    splits: Optional[int] = None,
+) -> torch.Tensor:
     """softmax(q·kᵀ/√d + bias)·v with the keys split over programs; see :func:`biased_attention`.
     ``config``/``splits``: fixed block sizes and key splits (probes, tests); default autotuned / by SM count."""
     n, lq, c = q.shape
@@ -333,15 +479,36 @@ def launch_biased(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch
     acc = torch.empty(splits, n * heads, lq, d, device=q.device, dtype=torch.float32)
     ml = torch.empty(splits, n * heads, lq, 2, device=q.device, dtype=torch.float32)
     qk_scale = _qk_scale(d)
-    args = (q, k, v, bias, acc, ml, lq, lk, heads, qk_scale, keys_per_split, q.stride(0), q.stride(1),
-            k.stride(0), k.stride(1), v.stride(0), v.stride(1), bias.stride(0), bias.stride(1), bias.stride(2))
+    args = (
+        q,
+        k,
+        v,
+        bias,
+        acc,
+        ml,
+        lq,
+        lk,
+        heads,
+        qk_scale,
+        keys_per_split,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        bias.stride(0),
+        bias.stride(1),
+        bias.stride(2),
+    )
     if config is None:
         grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), n * heads, splits)  # noqa: E731
         _tuned_biased_kernel[grid](*args, HEAD_DIM=d)
     else:
         grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), n * heads, splits)
-        _biased_split_kernel[grid](*args, HEAD_DIM=d, num_warps=config.num_warps, num_stages=config.num_stages,
-                                   **config.kwargs)
+        _biased_split_kernel[grid](
+            *args, HEAD_DIM=d, num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs
+        )
     m, l_ = ml.unbind(-1)  # merge the slices' partial softmaxes (log2 domain)
     w = torch.exp2(m - m.amax(0))
     o = (acc * w[..., None]).sum(0) / (l_ * w).sum(0)[..., None]  # (N·H, Lq, d)
@@ -349,8 +516,7 @@ def launch_biased(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch
 
 
 @torch.library.custom_op("dart_ros::biased_attention", mutates_args=())
-def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                     heads: int) -> torch.Tensor:
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int) -> torch.Tensor:
     """(N, Lq, H·d) queries over (N, Lk, H·d) keys/values with an additive (N, H, Lq, Lk) bias: the
     decoder's boxRPB cross-attention. Its 201 queries give cuDNN only N·H·4 programs, each looping
     over all 5,184 keys (latency-bound at few classes); here the keys are split over programs and
@@ -364,8 +530,13 @@ def _(q, k, v, bias, heads):
 
 
 def _is_bias(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, heads: int) -> bool:
-    return (mask is not None and mask.dtype == q.dtype and mask.dim() == 4 and mask.stride(3) == 1
-            and tuple(mask.shape) == (q.shape[0], heads, q.shape[1], k.shape[1]))
+    return (
+        mask is not None
+        and mask.dtype == q.dtype
+        and mask.dim() == 4
+        and mask.stride(3) == 1
+        and tuple(mask.shape) == (q.shape[0], heads, q.shape[1], k.shape[1])
+    )
 
 
 def _key_mask(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor) -> Optional[torch.Tensor]:
@@ -389,8 +560,14 @@ def _inputs_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) ->
     return d * heads == q.shape[-1] and d in (16, 32, 64, 128)
 
 
-def kernel_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                    mask: Optional[torch.Tensor] = None, min_tokens: int = MIN_TOKENS) -> bool:
+def kernel_supports(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    mask: Optional[torch.Tensor] = None,
+    min_tokens: int = MIN_TOKENS,
+) -> bool:
     """Whether one of our kernels handles these inputs (else :func:`attention` uses SDPA): at least
     ``min_tokens`` queries without a mask or with a key-padding mask (:func:`flash_attention`), or
     that many keys with an additive bias (:func:`biased_attention`)."""
@@ -402,8 +579,14 @@ def kernel_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     return (mask is None or _key_mask(mask, q, k) is not None) and q.shape[1] >= min_tokens
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-              mask: Optional[torch.Tensor] = None, min_tokens: int = MIN_TOKENS) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    mask: Optional[torch.Tensor] = None,
+    min_tokens: int = MIN_TOKENS,
+) -> torch.Tensor:
     """(N, Lq, C) queries over (N, Lk, C) keys/values, ``heads`` heads, tokens-major in and out.
     ``min_tokens``: fewest queries (keys, with a bias) per sequence for our kernels; callers whose
     many short sequences fill the GPU anyway (the ViT's windows) pass 0."""
@@ -414,8 +597,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     return sdpa_attention(q, k, v, heads, mask)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """:func:`attention`'s contract on ``F.scaled_dot_product_attention`` (every other input)."""
     n, lq, c = q.shape
     d = c // heads

@@ -8,7 +8,7 @@ share one memory pool and the weights; each has its own static input and output.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -19,8 +19,13 @@ from dart_ros.runtime.compiled import capture_with_eager_fallback
 log = logging.getLogger(__name__)
 
 
-def prepare_backbone(vision: nn.Module, dtype: Optional[torch.dtype], grid: Optional[int] = None,
-                     compile_kernels: bool = False, tune_gemms: bool = False) -> nn.Module:
+def prepare_backbone(
+    vision: nn.Module,
+    dtype: Optional[torch.dtype],
+    grid: Optional[int] = None,
+    compile_kernels: bool = False,
+    tune_gemms: bool = False,
+) -> nn.Module:
     """Weights cast to ``dtype`` (if given); a ViT also gets real-valued RoPE and, when ``grid`` (the
     token grid side) is tiled by its windows, runs as :class:`~dart_ros.runtime.fast_vit.FastViTDetection`.
 
@@ -66,8 +71,15 @@ class BackboneGraphs:
     returns the slot's static output (valid until that slot is run again).
     """
 
-    def __init__(self, vision: nn.Module, image_size: int, device: torch.device, dtype: torch.dtype,
-                 slots: int = 2, use_graphs: bool = True):
+    def __init__(
+        self,
+        vision: nn.Module,
+        image_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        slots: int = 2,
+        use_graphs: bool = True,
+    ):
         self.vision = vision
         self.dtype = dtype
         self.use_graphs = use_graphs

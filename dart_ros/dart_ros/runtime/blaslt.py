@@ -37,7 +37,9 @@ def available() -> bool:
     return Matmul is not None
 
 
-def torch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: bool = False) -> torch.Tensor:
+def torch_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: bool = False
+) -> torch.Tensor:
     """(M, K) -> (M, N) with torch's own GEMM; ``gelu``: tanh-GELU in the cuBLASLt epilogue (needs a bias)."""
     if gelu:
         return torch._addmm_activation(bias, x, weight.t(), use_gelu=True)
@@ -80,17 +82,29 @@ class GemmTuner:
 
     @staticmethod
     def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-        return (Matmul is not None and x.is_cuda and x.dim() == 2 and x.is_contiguous() and weight.is_contiguous()
-                and bias is not None and bias.is_contiguous() and x.dtype in (torch.bfloat16, torch.float16)
-                and x.dtype == weight.dtype == bias.dtype)
+        return (
+            Matmul is not None
+            and x.is_cuda
+            and x.dim() == 2
+            and x.is_contiguous()
+            and weight.is_contiguous()
+            and bias is not None
+            and bias.is_contiguous()
+            and x.dtype in (torch.bfloat16, torch.float16)
+            and x.dtype == weight.dtype == bias.dtype
+        )
 
     def _plan(self, x, weight, bias, gelu, key) -> Optional[object]:
         try:
             stream = torch.cuda.current_stream()
             mm = Matmul(weight, x.t(), options=MatmulOptions(memory_limit=0), stream=stream)
             epilog = MatmulEpilog.GELU_BIAS if gelu else MatmulEpilog.BIAS
-            mm.plan(preferences=MatmulPlanPreferences(limit=self.candidates), epilog=epilog,
-                    epilog_inputs={"bias": bias}, stream=stream)
+            mm.plan(
+                preferences=MatmulPlanPreferences(limit=self.candidates),
+                epilog=epilog,
+                epilog_inputs={"bias": bias},
+                stream=stream,
+            )
             mm.autotune(iterations=self.iterations, stream=stream)
             best = mm.algorithms[0]
             log.info("cuBLASLt for %s x %s: tile %s, cluster %s", key[0], key[1], best.tile, best.cluster_shape)

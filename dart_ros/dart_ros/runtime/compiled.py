@@ -66,8 +66,9 @@ def disable_compiled(module: torch.nn.Module) -> bool:
     return found
 
 
-def capture_with_eager_fallback(module: torch.nn.Module, what: str, capture: Callable[[], T],
-                                fresh_pool: Callable[[], None]) -> T:
+def capture_with_eager_fallback(
+    module: torch.nn.Module, what: str, capture: Callable[[], T], fresh_pool: Callable[[], None]
+) -> T:
     """Run a graph runner's ``capture()``; if it fails and ``module`` holds compiled code, switch
     that code to eager and capture once more into a fresh pool (``fresh_pool()``) instead of failing.
 
@@ -78,8 +79,11 @@ def capture_with_eager_fallback(module: torch.nn.Module, what: str, capture: Cal
     except RuntimeError as e:
         if not disable_compiled(module):
             raise
-        log.warning("CUDA-graph capture of the compiled %s failed (%s); capturing it without compiled "
-                    "kernels", what, str(e).splitlines()[0][:160])
+        log.warning(
+            "CUDA-graph capture of the compiled %s failed (%s); capturing it without compiled kernels",
+            what,
+            str(e).splitlines()[0][:160],
+        )
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         fresh_pool()

@@ -55,8 +55,7 @@ class EagerBackbone(BackboneRunner):
 class EagerEncDec(EncDecRunner):
     """:func:`dart_ros.model.encdec.encode_decode` over class chunks; everything runs in ``encode``."""
 
-    def __init__(self, model: DartModel, device: torch.device, autocast_dtype: Optional[torch.dtype],
-                 chunk: int):
+    def __init__(self, model: DartModel, device: torch.device, autocast_dtype: Optional[torch.dtype], chunk: int):
         self.model = model
         self.device = device
         self.autocast_dtype = autocast_dtype
@@ -83,7 +82,9 @@ class EagerEncDec(EncDecRunner):
                 text = torch.cat([text.to(geo.dtype), geo.expand(-1, n, -1)], dim=0)
                 mask = torch.cat([mask, geo_mask.expand(n, -1)], dim=1)
             parts = [
-                encdec.encode_decode(sam3, img_feat, img_pos, (p, p), text[:, s:s + self.chunk], mask[s:s + self.chunk])
+                encdec.encode_decode(
+                    sam3, img_feat, img_pos, (p, p), text[:, s : s + self.chunk], mask[s : s + self.chunk]
+                )
                 for s in range(0, text.shape[1], self.chunk)
             ]
         return EncoderState(parts)
@@ -92,5 +93,8 @@ class EagerEncDec(EncDecRunner):
 def build_eager(model: DartModel, config, device: torch.device, autocast_dtype: Optional[torch.dtype]):
     from dart_ros.runtime.interface import Runners
 
-    return Runners("eager", EagerBackbone(model, device, autocast_dtype),
-                   EagerEncDec(model, device, autocast_dtype, config.max_classes_per_chunk))
+    return Runners(
+        "eager",
+        EagerBackbone(model, device, autocast_dtype),
+        EagerEncDec(model, device, autocast_dtype, config.max_classes_per_chunk),
+    )

@@ -57,7 +57,11 @@ class GraphableEncDec(nn.Module):
         self.p = feature_size
 
     def forward(
-        self, img_feat: torch.Tensor, img_pos: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+        self,
+        img_feat: torch.Tensor,
+        img_pos: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
         geometry_token: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Args: img_feat, img_pos (P², 1, C) seq-first; text (T, N, C); text_mask (N, T) bool
@@ -79,8 +83,13 @@ class GraphableEncDec(nn.Module):
         out = img_feat.transpose(0, 1).expand(n, -1, -1)
         prompt_bf = prompt.transpose(0, 1)
         for layer in encoder.layers:
-            out = layer(tgt=out, memory=prompt_bf, memory_key_padding_mask=prompt_mask,
-                        query_pos=pos_bf, tgt_key_padding_mask=None)
+            out = layer(
+                tgt=out,
+                memory=prompt_bf,
+                memory_key_padding_mask=prompt_mask,
+                query_pos=pos_bf,
+                tgt_key_padding_mask=None,
+            )
         memory = out.transpose(0, 1)
         pos = pos_bf.transpose(0, 1)
 
@@ -94,11 +103,23 @@ class GraphableEncDec(nn.Module):
             query_pos = decoder.ref_point_head(sine)
             bias = decoder._get_rpb_matrix(ref, (self.p, self.p)).flatten(0, 1)
             output, presence = layer(
-                tgt=output, tgt_query_pos=query_pos, tgt_query_sine_embed=sine, tgt_key_padding_mask=None,
-                tgt_reference_points=ref[:, :, None], memory_text=prompt, text_attention_mask=prompt_mask,
-                memory=memory, memory_key_padding_mask=None, memory_level_start_index=None,
-                memory_spatial_shapes=None, memory_pos=pos, self_attn_mask=None, cross_attn_mask=bias,
-                dac=False, dac_use_selfatt_ln=decoder.dac_use_selfatt_ln, presence_token=presence,
+                tgt=output,
+                tgt_query_pos=query_pos,
+                tgt_query_sine_embed=sine,
+                tgt_key_padding_mask=None,
+                tgt_reference_points=ref[:, :, None],
+                memory_text=prompt,
+                text_attention_mask=prompt_mask,
+                memory=memory,
+                memory_key_padding_mask=None,
+                memory_level_start_index=None,
+                memory_spatial_shapes=None,
+                memory_pos=pos,
+                self_attn_mask=None,
+                cross_attn_mask=bias,
+                dac=False,
+                dac_use_selfatt_ln=decoder.dac_use_selfatt_ln,
+                presence_token=presence,
             )
             normed = decoder.norm(output)
             # Box refinement; after the last layer this is the final box (sam3 recomputes it the same way).
@@ -143,16 +164,19 @@ class EncDecGraphs:
             if self._graphs:
                 raise RuntimeError("image feature shape/dtype changed after graph capture")
             # Contiguous whatever the first caller's layout: a graph's kernels are fixed at capture.
-            self._img = (torch.empty(img_feat.shape, dtype=img_feat.dtype, device=img_feat.device),
-                         torch.empty(img_pos.shape, dtype=img_pos.dtype, device=img_pos.device))
+            self._img = (
+                torch.empty(img_feat.shape, dtype=img_feat.dtype, device=img_feat.device),
+                torch.empty(img_pos.shape, dtype=img_pos.dtype, device=img_pos.device),
+            )
         return self._img
 
     def _capture(self, key, bucket: int, prompt, geometry: bool):
         def fresh_pool():
             self.pool = torch.cuda.graph_pool_handle()
 
-        return capture_with_eager_fallback(self.module, "encoder-decoder",
-                                           lambda: self._capture_once(key, bucket, prompt, geometry), fresh_pool)
+        return capture_with_eager_fallback(
+            self.module, "encoder-decoder", lambda: self._capture_once(key, bucket, prompt, geometry), fresh_pool
+        )
 
     def _capture_once(self, key, bucket: int, prompt, geometry: bool):
         feat, pos = self._img
@@ -182,8 +206,9 @@ class EncDecGraphs:
         self._graphs[key] = entry
         return entry
 
-    def __call__(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt, geometry_token: bool = False
-                 ) -> EncDecOutput:
+    def __call__(
+        self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt, geometry_token: bool = False
+    ) -> EncDecOutput:
         return self.encode(img_feat, img_pos, prompt, geometry_token).finish()
 
     @property
@@ -191,8 +216,9 @@ class EncDecGraphs:
         """(bucket, prompt length, geometry token) of every captured graph set."""
         return tuple(sorted(self._graphs))
 
-    def encode(self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt,
-               geometry_token: bool = False) -> EncoderState:
+    def encode(
+        self, img_feat: torch.Tensor, img_pos: torch.Tensor, prompt, geometry_token: bool = False
+    ) -> EncoderState:
         """Queue every chunk up to the last chunk's encoder; the state's pending step queues that
         chunk's decoder. The graphs hold the encoder's output until then: a second ``encode``
         before the first state is finished first queues that decoder (on the current stream; the

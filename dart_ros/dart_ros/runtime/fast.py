@@ -27,8 +27,16 @@ def buckets_for(chunk: int) -> Tuple[int, ...]:
 class FastBackbone(BackboneRunner):
     """The backbone prepared by :func:`prepare_backbone`, replayed from one CUDA graph per slot."""
 
-    def __init__(self, model: DartModel, device: torch.device, dtype: Optional[torch.dtype], compile_kernels: bool,
-                 tune_gemms: bool, cuda_graphs: bool, slots: int = 2):
+    def __init__(
+        self,
+        model: DartModel,
+        device: torch.device,
+        dtype: Optional[torch.dtype],
+        compile_kernels: bool,
+        tune_gemms: bool,
+        cuda_graphs: bool,
+        slots: int = 2,
+    ):
         # One fixed input size: let cuDNN time its algorithms once (during the warm-up before graph
         # capture) instead of trusting its heuristics (the ViT's patch conv, a student's convs).
         torch.backends.cudnn.benchmark = True
@@ -37,8 +45,9 @@ class FastBackbone(BackboneRunner):
         self.slots = slots
         self.image_size = model.image_size
         self.device = device
-        self.graphs = BackboneGraphs(vision, model.image_size, device, dtype or torch.float32, slots=slots,
-                                     use_graphs=cuda_graphs)
+        self.graphs = BackboneGraphs(
+            vision, model.image_size, device, dtype or torch.float32, slots=slots, use_graphs=cuda_graphs
+        )
 
     @torch.inference_mode()
     def run(self, pixels: torch.Tensor, slot: int = 0) -> torch.Tensor:
@@ -63,14 +72,22 @@ class FastEncDec(EncDecRunner):
     """:class:`FusedEncDec` with prompts prepared as :class:`PromptCache`, replayed from
     :class:`EncDecGraphs` (or launched eagerly, all classes at once, without ``cuda_graphs``)."""
 
-    def __init__(self, model: DartModel, device: torch.device, dtype: Optional[torch.dtype], chunk: int,
-                 compile_stages: bool, cuda_graphs: bool):
+    def __init__(
+        self,
+        model: DartModel,
+        device: torch.device,
+        dtype: Optional[torch.dtype],
+        chunk: int,
+        compile_stages: bool,
+        cuda_graphs: bool,
+    ):
         self.model = model
         self.cuda_graphs = cuda_graphs
         pos = model.position_encoding(device)
         skip_attention_weights(model.sam3.geometry_encoder)
-        self.module = FusedEncDec(model.sam3, model.feature_size, pos, dtype or torch.float32,
-                                  compile_stages=compile_stages)
+        self.module = FusedEncDec(
+            model.sam3, model.feature_size, pos, dtype or torch.float32, compile_stages=compile_stages
+        )
         self._pos: Dict[torch.dtype, torch.Tensor] = {pos.dtype: pos}
         self.graphs: Optional[EncDecGraphs] = None
         self.set_chunk_size(chunk)
@@ -119,7 +136,8 @@ class FastEncDec(EncDecRunner):
 
 def build_fast(model: DartModel, config, device: torch.device, dtype: Optional[torch.dtype]) -> Runners:
     # The enc-dec first: it reads the position encoding from the backbone, which prepare_backbone casts.
-    encdec_runner = FastEncDec(model, device, dtype, config.max_classes_per_chunk, config.compile_encdec,
-                               config.cuda_graphs)
+    encdec_runner = FastEncDec(
+        model, device, dtype, config.max_classes_per_chunk, config.compile_encdec, config.cuda_graphs
+    )
     backbone = FastBackbone(model, device, dtype, config.compile_kernels, config.tune_gemms, config.cuda_graphs)
     return Runners("fast", backbone, encdec_runner)

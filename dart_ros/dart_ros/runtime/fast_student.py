@@ -30,8 +30,13 @@ from dart_ros.runtime.compiled import maybe_compiled
 class FastStudentDetection(nn.Module):
     """``forward_detection`` of a :class:`StudentBackbone`, re-parameterised and channels-last."""
 
-    def __init__(self, student: StudentBackbone, dtype: Optional[torch.dtype] = None,
-                 channels_last: bool = True, compile_kernels: bool = False):
+    def __init__(
+        self,
+        student: StudentBackbone,
+        dtype: Optional[torch.dtype] = None,
+        channels_last: bool = True,
+        compile_kernels: bool = False,
+    ):
         super().__init__()
         from timm.utils import reparameterize_model
 

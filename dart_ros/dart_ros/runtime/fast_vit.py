@@ -61,8 +61,9 @@ def rope_kernel(compiled: bool):
     return maybe_compiled(rope_qk, "RoPE", compiled, dynamic=False, fullgraph=True)
 
 
-def residual_layer_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                        eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def residual_layer_norm(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(x + y, LayerNorm(x + y)): a residual add and the LayerNorm that reads its result."""
     s = x + y
     return s, F.layer_norm(s, (s.shape[-1],), weight, bias, eps)
@@ -97,8 +98,15 @@ class _FastBlock(nn.Module):
     """One ViT block (or a pruned one) over window-major tokens (1, L, C), as residual branches
     (:meth:`branches`) that :class:`FastViTTrunk` chains."""
 
-    def __init__(self, block: nn.Module, grid: int, order: torch.Tensor, rope=rope_qk, gelu_epilogue: bool = False,
-                 gemms: Optional[GemmTuner] = None):
+    def __init__(
+        self,
+        block: nn.Module,
+        grid: int,
+        order: torch.Tensor,
+        rope=rope_qk,
+        gelu_epilogue: bool = False,
+        gemms: Optional[GemmTuner] = None,
+    ):
         super().__init__()
         self.rope = rope
         self.gelu_epilogue = gelu_epilogue
@@ -167,8 +175,14 @@ class FastViTTrunk(nn.Module):
     and the padded tokens take part in attention; use the trunk itself there).
     """
 
-    def __init__(self, trunk: nn.Module, grid: int, compile_kernels: bool = False, gelu_epilogue: bool = False,
-                 gemms: Optional[GemmTuner] = None):
+    def __init__(
+        self,
+        trunk: nn.Module,
+        grid: int,
+        compile_kernels: bool = False,
+        gelu_epilogue: bool = False,
+        gemms: Optional[GemmTuner] = None,
+    ):
         super().__init__()
         windows = {b.window_size for b in trunk.blocks if hasattr(b, "window_size") and b.window_size > 0}
         if len(windows) > 1:
@@ -186,14 +200,21 @@ class FastViTTrunk(nn.Module):
         last = trunk.full_attn_ids[-1]
         rope = rope_kernel(compile_kernels)
         self.gemms = gemms
-        self.blocks = nn.ModuleList(_FastBlock(b, grid, order, rope, gelu_epilogue, gemms)
-                                    for b in list(trunk.blocks)[: last + 1])
+        self.blocks = nn.ModuleList(
+            _FastBlock(b, grid, order, rope, gelu_epilogue, gemms) for b in list(trunk.blocks)[: last + 1]
+        )
         conv = trunk.patch_embed.proj
         # Non-overlapping patches (kernel = stride, no padding, no groups): the conv is a GEMM.
-        self._patch_gemm = (conv.kernel_size[0] == conv.kernel_size[1] and conv.stride == conv.kernel_size
-                            and conv.padding == (0, 0) and conv.groups == 1 and conv.dilation == (1, 1))
-        self.residual_layer_norm = maybe_compiled(residual_layer_norm, "residual LayerNorm", compile_kernels,
-                                                  dynamic=False, fullgraph=True)
+        self._patch_gemm = (
+            conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.stride == conv.kernel_size
+            and conv.padding == (0, 0)
+            and conv.groups == 1
+            and conv.dilation == (1, 1)
+        )
+        self.residual_layer_norm = maybe_compiled(
+            residual_layer_norm, "residual LayerNorm", compile_kernels, dynamic=False, fullgraph=True
+        )
 
     def _add_norm(self, x: torch.Tensor, y: torch.Tensor, norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
         if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and norm.bias is not None:
@@ -221,7 +242,9 @@ class FastViTTrunk(nn.Module):
         if (h, w) != (self.grid, self.grid):
             raise ValueError(f"input gives a {h}x{w} token grid; this trunk was prepared for {self.grid}")
         if t.pos_embed is not None:
-            x = x + get_abs_pos(t.pos_embed, t.pretrain_use_cls_token, (h, w), t.retain_cls_token, tiling=t.tile_abs_pos)
+            x = x + get_abs_pos(
+                t.pos_embed, t.pretrain_use_cls_token, (h, w), t.retain_cls_token, tiling=t.tile_abs_pos
+            )
         x = t.ln_pre(x).reshape(b, h * w, c)[:, self.order]
         # x + branch(norm(x)) for every branch, the add fused with the norm that reads it next.
         steps = [nb for blk in self.blocks for nb in blk.branches()]
@@ -236,8 +259,14 @@ class FastViTTrunk(nn.Module):
 class FastViTDetection(nn.Module):
     """``forward_detection`` of :class:`dart_ros.model.vit.DetectionViTNeck` on :class:`FastViTTrunk`."""
 
-    def __init__(self, neck: nn.Module, grid: int, compile_kernels: bool = False, gelu_epilogue: bool = False,
-                 gemms: Optional[GemmTuner] = None):
+    def __init__(
+        self,
+        neck: nn.Module,
+        grid: int,
+        compile_kernels: bool = False,
+        gelu_epilogue: bool = False,
+        gemms: Optional[GemmTuner] = None,
+    ):
         super().__init__()
         from dart_ros.model.vit import DETECTION_SCALE
 

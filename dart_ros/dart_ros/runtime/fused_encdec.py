@@ -76,10 +76,10 @@ class PromptCache:
 
     def copy_rows_(self, src: "PromptCache", start: int, count: int) -> None:
         """Rows [0, count) from ``src[start:start+count]``; the rest padded with a valid prompt (row ``start``)."""
-        for dst, s in zip(self.tensors(), src.tensors()):
-            dst[:count].copy_(s[start:start + count])
+        for dst, s in zip(self.tensors(), src.tensors(), strict=True):
+            dst[:count].copy_(s[start : start + count])
             if count < dst.shape[0]:
-                dst[count:].copy_(s[start:start + 1].expand(dst.shape[0] - count, *s.shape[1:]))
+                dst[count:].copy_(s[start : start + 1].expand(dst.shape[0] - count, *s.shape[1:]))
 
 
 def _ln(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
@@ -116,7 +116,7 @@ def _out(mha: nn.MultiheadAttention, o: torch.Tensor) -> torch.Tensor:
 def _proj(mha: nn.MultiheadAttention, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Rows [start, stop) × C of the packed in-projection (q: 0-1, k: 1-2, v: 2-3, k|v: 1-3)."""
     c = mha.embed_dim
-    return F.linear(x, mha.in_proj_weight[start * c:stop * c], mha.in_proj_bias[start * c:stop * c])
+    return F.linear(x, mha.in_proj_weight[start * c : stop * c], mha.in_proj_bias[start * c : stop * c])
 
 
 def _self_attention(mha: nn.MultiheadAttention, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -138,8 +138,14 @@ class FusedEncDec(nn.Module):
             eager on any compile failure; see :mod:`dart_ros.runtime.compiled`).
     """
 
-    def __init__(self, sam3: nn.Module, feature_size: int, img_pos: torch.Tensor, dtype: torch.dtype,
-                 compile_stages: bool = False):
+    def __init__(
+        self,
+        sam3: nn.Module,
+        feature_size: int,
+        img_pos: torch.Tensor,
+        dtype: torch.dtype,
+        compile_stages: bool = False,
+    ):
         super().__init__()
         self.sam3 = sam3
         self.p = feature_size
@@ -148,9 +154,14 @@ class FusedEncDec(nn.Module):
         self.enc_layers = copy.deepcopy(transformer.encoder.layers).to(dtype)
         self.dec_layers = copy.deepcopy(transformer.decoder.layers).to(dtype)
         for layer in self.enc_layers:  # the layer configuration sam3 builds (model/build.py)
-            if not (layer.pre_norm and layer.pos_enc_at_attn) or layer.pos_enc_at_cross_attn_keys \
-                    or layer.pos_enc_at_cross_attn_queries:
-                raise ValueError("FusedEncDec expects sam3's pre-norm encoder layers with positions in self-attention only")
+            if (
+                not (layer.pre_norm and layer.pos_enc_at_attn)
+                or layer.pos_enc_at_cross_attn_keys
+                or layer.pos_enc_at_cross_attn_queries
+            ):
+                raise ValueError(
+                    "FusedEncDec expects sam3's pre-norm encoder layers with positions in self-attention only"
+                )
         for layer in list(self.enc_layers) + list(self.dec_layers):
             if layer.activation is not F.relu:
                 raise ValueError("FusedEncDec expects ReLU feed-forward layers, as sam3 builds them")
@@ -161,17 +172,23 @@ class FusedEncDec(nn.Module):
         c = self.dec_layers[0].cross_attn.embed_dim
         for name, rows in (("mem_k", slice(c, 2 * c)), ("mem_v", slice(2 * c, 3 * c))):
             mhas = [layer.cross_attn for layer in self.dec_layers]
-            self.register_buffer(name + "_w", torch.cat([m.in_proj_weight[rows] for m in mhas]).detach(),
-                                 persistent=False)
-            self.register_buffer(name + "_b", torch.cat([m.in_proj_bias[rows] for m in mhas]).detach(),
-                                 persistent=False)
+            self.register_buffer(
+                name + "_w", torch.cat([m.in_proj_weight[rows] for m in mhas]).detach(), persistent=False
+            )
+            self.register_buffer(
+                name + "_b", torch.cat([m.in_proj_bias[rows] for m in mhas]).detach(), persistent=False
+            )
         # The geometry token's K|V for every encoder and decoder cross-attention to the prompt: one GEMV
         # (the text tokens' are cached per vocabulary, the token's change with every image).
-        prompt_mhas = [layer.cross_attn_image for layer in self.enc_layers] + [layer.ca_text for layer in self.dec_layers]
-        self.register_buffer("token_kv_w", torch.cat([m.in_proj_weight[c:] for m in prompt_mhas]).detach(),
-                             persistent=False)
-        self.register_buffer("token_kv_b", torch.cat([m.in_proj_bias[c:] for m in prompt_mhas]).detach(),
-                             persistent=False)
+        prompt_mhas = [layer.cross_attn_image for layer in self.enc_layers] + [
+            layer.ca_text for layer in self.dec_layers
+        ]
+        self.register_buffer(
+            "token_kv_w", torch.cat([m.in_proj_weight[c:] for m in prompt_mhas]).detach(), persistent=False
+        )
+        self.register_buffer(
+            "token_kv_b", torch.cat([m.in_proj_bias[c:] for m in prompt_mhas]).detach(), persistent=False
+        )
         # The boxRPB MLPs run over N·Q·P positions per layer: worth the compute dtype.
         self.rpb_x = copy.deepcopy(dec.boxRPB_embed_x).to(dtype) if dec.boxRPB != "none" else None
         self.rpb_y = copy.deepcopy(dec.boxRPB_embed_y).to(dtype) if dec.boxRPB != "none" else None
@@ -226,19 +243,28 @@ class FusedEncDec(nn.Module):
 
         encoder = self.sam3.geometry_encoder
         if single_query.supports(encoder):  # the query projected instead of the 5,184 keys and values
-            return PromptCache(*self.run_geometry(img_feat, img_pos, cache.enc_kv, cache.dec_kv,
-                                                  cache.score_tokens, cache.mask))
+            return PromptCache(
+                *self.run_geometry(img_feat, img_pos, cache.enc_kv, cache.dec_kv, cache.score_tokens, cache.mask)
+            )
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         # One query over P² keys: fused kernels parallelise over queries and leave the GPU idle
         # (0.23 ms per call measured); the plain matmul-softmax-matmul fills it.
         with sdpa_kernel([SDPBackend.MATH]):
             geo, geo_mask = geometry_token(self.sam3, img_feat.float(), img_pos.float(), (self.p, self.p))
-        return PromptCache(*self._append_token(geo, geo_mask, cache.enc_kv, cache.dec_kv, cache.score_tokens,
-                                               cache.mask))
+        return PromptCache(
+            *self._append_token(geo, geo_mask, cache.enc_kv, cache.dec_kv, cache.score_tokens, cache.mask)
+        )
 
-    def _single_query_geometry(self, img_feat: torch.Tensor, img_pos: torch.Tensor, enc_kv: torch.Tensor,
-                               dec_kv: torch.Tensor, score_tokens: torch.Tensor, mask: torch.Tensor):
+    def _single_query_geometry(
+        self,
+        img_feat: torch.Tensor,
+        img_pos: torch.Tensor,
+        enc_kv: torch.Tensor,
+        dec_kv: torch.Tensor,
+        score_tokens: torch.Tensor,
+        mask: torch.Tensor,
+    ):
         """The token by :mod:`dart_ros.runtime.geometry_token`, appended (compiled with ``compile_stages``:
         its ~70 small kernels, on the encoder's critical path, fuse into a few)."""
         from dart_ros.runtime import geometry_token as single_query
@@ -246,14 +272,21 @@ class FusedEncDec(nn.Module):
         geo, geo_mask = single_query.geometry_token(self.sam3.geometry_encoder, img_feat.float(), img_pos.float())
         return self._append_token(geo, geo_mask, enc_kv, dec_kv, score_tokens, mask)
 
-    def _append_token(self, geo: torch.Tensor, geo_mask: torch.Tensor, enc_kv: torch.Tensor, dec_kv: torch.Tensor,
-                      score_tokens: torch.Tensor, mask: torch.Tensor):
+    def _append_token(
+        self,
+        geo: torch.Tensor,
+        geo_mask: torch.Tensor,
+        enc_kv: torch.Tensor,
+        dec_kv: torch.Tensor,
+        score_tokens: torch.Tensor,
+        mask: torch.Tensor,
+    ):
         """The prompt cache's tensors with the (1, 1, C) fp32 token ``geo`` projected and appended."""
         n = len(mask)
         g = geo.transpose(0, 1)  # (1, 1, C) fp32
         kv = F.linear(g.to(self.dtype), self.token_kv_w, self.token_kv_b)  # every layer's K|V of the token
         e, d, width = enc_kv.shape[1], dec_kv.shape[1], enc_kv.shape[-1]
-        enc, dec = kv[..., : e * width].view(1, e, 1, width), kv[..., e * width:].view(1, d, 1, width)
+        enc, dec = kv[..., : e * width].view(1, e, 1, width), kv[..., e * width :].view(1, d, 1, width)
         score = self.sam3.dot_prod_scoring.prompt_mlp
         g_score = score(g) if score is not None else g
         return (
@@ -263,8 +296,9 @@ class FusedEncDec(nn.Module):
             torch.cat([mask, geo_mask.expand(n, -1)], dim=1),
         )
 
-    def _encoder(self, img: torch.Tensor, prompt: PromptCache, attend_mask: torch.Tensor,
-                 pos: torch.Tensor) -> torch.Tensor:
+    def _encoder(
+        self, img: torch.Tensor, prompt: PromptCache, attend_mask: torch.Tensor, pos: torch.Tensor
+    ) -> torch.Tensor:
         n = len(prompt)
         pos1 = self.pos[None]
         x = img  # (1, L, C): class-independent until the first cross-attention
@@ -302,8 +336,10 @@ class FusedEncDec(nn.Module):
             t = _ln(t + _self_attention(layer.self_attn, t, query_pos), layer.norm2)
             kv = prompt.dec_kv[:, i]
             ct = layer.ca_text
-            t = _ln(t + _out(ct, attention(_proj(ct, t + query_pos, 0, 1), kv[..., :c], kv[..., c:], ct.num_heads, attend)),
-                    layer.catext_norm)
+            t = _ln(
+                t + _out(ct, attention(_proj(ct, t + query_pos, 0, 1), kv[..., :c], kv[..., c:], ct.num_heads, attend)),
+                layer.catext_norm,
+            )
             ca = layer.cross_attn
             bias = self._rpb_bias(ref, t.shape[1]) if dec.boxRPB != "none" else None
             cols = slice(i * c, (i + 1) * c)
@@ -332,20 +368,22 @@ class FusedEncDec(nn.Module):
         bx = narrow_mlp(dx.to(self.dtype), self.rpb_x).permute(0, 3, 1, 2)
         heads = by.shape[1]
         rows = torch.zeros(n, heads, out_rows, 2 * self.p, device=ref.device, dtype=self.dtype)
-        rows[:, :, out_rows - q:, : self.p] = by  # the leading rows stay zero (presence token)
-        rows[:, :, out_rows - q:, self.p:] = bx
+        rows[:, :, out_rows - q :, : self.p] = by  # the leading rows stay zero (presence token)
+        rows[:, :, out_rows - q :, self.p :] = bx
         bias = torch.matmul(rows, self.outer_sum)  # (N, H, 1+Q, P²)
         return bias
 
-    def forward(self, img_feat: torch.Tensor, img_pos: torch.Tensor, cache: PromptCache,
-                geometry_token: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, img_feat: torch.Tensor, img_pos: torch.Tensor, cache: PromptCache, geometry_token: bool = False
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Args: img_feat, img_pos (P², 1, C) seq-first; ``cache`` of the N classes; geometry_token:
         append the image-conditioned geometry CLS token (official prompt mode).
         Returns: logits (N, Q) fp32, boxes (N, Q, 4) cxcywh fp32, presence logits (N,) fp32."""
         return self.decode(*self.encode(img_feat, img_pos, cache, geometry_token))
 
-    def encode(self, img_feat: torch.Tensor, img_pos: torch.Tensor, cache: PromptCache,
-               geometry_token: bool = False) -> Tuple[torch.Tensor, PromptCache, torch.Tensor]:
+    def encode(
+        self, img_feat: torch.Tensor, img_pos: torch.Tensor, cache: PromptCache, geometry_token: bool = False
+    ) -> Tuple[torch.Tensor, PromptCache, torch.Tensor]:
         """The first half of :meth:`forward` (the graph runner captures the halves separately, so
         that the pipeline can start the next frame's backbone between them): -> encoder memory
         (N, L, C), the prompt (with the geometry token in official mode), the attend mask."""
@@ -358,8 +396,9 @@ class FusedEncDec(nn.Module):
         pos = self._pos_n(n)  # (N, L, C), built outside the compiled functions
         return self.run_encoder(img, prompt, attend, pos), prompt, attend
 
-    def decode(self, memory: torch.Tensor, prompt: PromptCache,
-               attend: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decode(
+        self, memory: torch.Tensor, prompt: PromptCache, attend: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The second half of :meth:`forward`: decoder, presence head and scoring."""
         normed, ref, presence = self.run_decoder(memory, prompt, attend, self._pos_n(len(prompt)))
         dec = self.sam3.transformer.decoder

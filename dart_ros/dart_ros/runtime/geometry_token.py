@@ -33,13 +33,14 @@ from torch import nn
 def _in_proj(mha: nn.MultiheadAttention, which: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """(weight (C, C), bias (C,)) of the q (0), k (1) or v (2) input projection."""
     c = mha.embed_dim
-    w = mha.in_proj_weight[which * c:(which + 1) * c]
-    b = mha.in_proj_bias[which * c:(which + 1) * c] if mha.in_proj_bias is not None else None
+    w = mha.in_proj_weight[which * c : (which + 1) * c]
+    b = mha.in_proj_bias[which * c : (which + 1) * c] if mha.in_proj_bias is not None else None
     return w, b
 
 
-def single_query_cross_attention(mha: nn.MultiheadAttention, query: torch.Tensor, keys: torch.Tensor,
-                                 values: torch.Tensor) -> torch.Tensor:
+def single_query_cross_attention(
+    mha: nn.MultiheadAttention, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
     """``mha(query, keys, values)[0]`` for one query per batch, without projecting keys or values.
 
     Args: query (B, C); keys, values (L, B, C) seq-first (sam3's layout). Returns (B, C).
@@ -77,8 +78,12 @@ def _encoder_layer(layer: nn.Module, tgt: torch.Tensor, memory: torch.Tensor, ke
 def supports(encoder: nn.Module) -> bool:
     """Whether ``encoder`` is a geometry encoder whose layers this module reproduces exactly."""
     layers = getattr(encoder, "encode", None)
-    if layers is None or getattr(encoder, "cls_embed", None) is None or getattr(encoder, "final_proj", None) is None \
-            or not hasattr(encoder, "encode_norm"):
+    if (
+        layers is None
+        or getattr(encoder, "cls_embed", None) is None
+        or getattr(encoder, "final_proj", None) is None
+        or not hasattr(encoder, "encode_norm")
+    ):
         return False
     for layer in layers:
         if not getattr(layer, "pre_norm", False) or getattr(layer, "pos_enc_at_attn", True):
@@ -89,7 +94,9 @@ def supports(encoder: nn.Module) -> bool:
     return True
 
 
-def geometry_token(encoder: nn.Module, img_feat: torch.Tensor, img_pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def geometry_token(
+    encoder: nn.Module, img_feat: torch.Tensor, img_pos: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """What ``encoder.empty_prompt_token(img_feat, img_pos)`` returns (dart_ros's sam3 geometry encoder).
 
     Args: img_feat, img_pos (P², B, C) seq-first. Returns (1, B, C) token, (B, 1) mask (False = valid).

@@ -31,12 +31,27 @@ MAX_IN, MAX_HIDDEN, MAX_OUT = 8, 512, 64
 
 if triton is not None:
 
-    @triton.autotune(configs=[triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in ((64, 4), (128, 8), (128, 4))],
-                     key=["K_IN", "HIDDEN", "OUT_PAD"])
+    @triton.autotune(
+        configs=[triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in ((64, 4), (128, 8), (128, 4))],
+        key=["K_IN", "HIDDEN", "OUT_PAD"],
+    )
     @triton.jit
-    def _narrow_mlp_kernel(X, W1, B1, W2, B2, Y, M, n_out, stride_xm, stride_ym,
-                           K_IN: tl.constexpr, HIDDEN: tl.constexpr, OUT_PAD: tl.constexpr,
-                           BLOCK_M: tl.constexpr):
+    def _narrow_mlp_kernel(
+        X,
+        W1,
+        B1,
+        W2,
+        B2,
+        Y,
+        M,
+        n_out,
+        stride_xm,
+        stride_ym,
+        K_IN: tl.constexpr,
+        HIDDEN: tl.constexpr,
+        OUT_PAD: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+    ):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         live = rows < M
         hid = tl.arange(0, HIDDEN)
@@ -48,16 +63,23 @@ if triton is not None:
         cols = tl.arange(0, OUT_PAD)
         w2 = tl.load(W2 + cols[None, :] * HIDDEN + hid[:, None], mask=cols[None, :] < n_out, other=0.0)
         y = tl.dot(h, w2) + tl.load(B2 + cols, mask=cols < n_out, other=0.0).to(tl.float32)[None, :]
-        tl.store(Y + rows[:, None] * stride_ym + cols[None, :], y.to(Y.dtype.element_ty),
-                 mask=live[:, None] & (cols[None, :] < n_out))
+        tl.store(
+            Y + rows[:, None] * stride_ym + cols[None, :],
+            y.to(Y.dtype.element_ty),
+            mask=live[:, None] & (cols[None, :] < n_out),
+        )
 
 
 def _plain_two_layer(mlp: nn.Module) -> bool:
     layers = getattr(mlp, "layers", None)
-    return (layers is not None and len(layers) == 2 and not getattr(mlp, "residual", False)
-            and isinstance(getattr(mlp, "out_norm", nn.Identity()), nn.Identity)
-            and isinstance(getattr(mlp, "drop", nn.Identity()), (nn.Identity, nn.Dropout))
-            and all(isinstance(lin, nn.Linear) and lin.bias is not None for lin in layers))
+    return (
+        layers is not None
+        and len(layers) == 2
+        and not getattr(mlp, "residual", False)
+        and isinstance(getattr(mlp, "out_norm", nn.Identity()), nn.Identity)
+        and isinstance(getattr(mlp, "drop", nn.Identity()), (nn.Identity, nn.Dropout))
+        and all(isinstance(lin, nn.Linear) and lin.bias is not None for lin in layers)
+    )
 
 
 def kernel_supports(x: torch.Tensor, mlp: nn.Module) -> bool:
@@ -65,13 +87,26 @@ def kernel_supports(x: torch.Tensor, mlp: nn.Module) -> bool:
         return False
     first, second = mlp.layers
     hidden = first.out_features
-    return (first.in_features <= MAX_IN and second.out_features <= MAX_OUT and hidden <= MAX_HIDDEN
-            and hidden >= 16 and hidden & (hidden - 1) == 0 and first.weight.dtype == x.dtype
-            and second.weight.dtype == x.dtype and x.stride(-1) == 1)
+    return (
+        first.in_features <= MAX_IN
+        and second.out_features <= MAX_OUT
+        and hidden <= MAX_HIDDEN
+        and hidden >= 16
+        and hidden & (hidden - 1) == 0
+        and first.weight.dtype == x.dtype
+        and second.weight.dtype == x.dtype
+        and x.stride(-1) == 1
+    )
 
 
-def launch(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-           block_m: Optional[int] = None) -> torch.Tensor:
+def launch(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    block_m: Optional[int] = None,
+) -> torch.Tensor:
     """relu(x @ w1ᵀ + b1) @ w2ᵀ + b2 over the last axis; ``block_m``: fixed tile (tests), else autotuned."""
     k_in = x.shape[-1]
     flat = x.reshape(-1, k_in)
@@ -87,8 +122,9 @@ def launch(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor
 
 
 @torch.library.custom_op("dart_ros::narrow_mlp", mutates_args=())
-def _narrow_mlp_op(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                   b2: torch.Tensor) -> torch.Tensor:
+def _narrow_mlp_op(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+) -> torch.Tensor:
     return launch(x, w1, b1, w2, b2)
 
 

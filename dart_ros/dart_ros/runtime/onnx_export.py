@@ -18,7 +18,6 @@ this project is developed on); here the graphs are verified with onnxruntime.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Dict, Optional
@@ -57,8 +56,9 @@ class EncDecGraph(nn.Module):
         self.register_buffer("img_pos", model.position_encoding(torch.device("cpu")), persistent=False)
 
     def forward(self, img_feat, text, text_mask):
-        logits, boxes, presence = self.core(encdec.flatten_features(img_feat), self.img_pos, text, text_mask,
-                                            self.geometry)
+        logits, boxes, presence = self.core(
+            encdec.flatten_features(img_feat), self.img_pos, text, text_mask, self.geometry
+        )
         return logits, boxes, presence
 
 
@@ -77,7 +77,7 @@ def example_inputs(model: DartModel, classes: int = 2, seed: int = 0) -> Dict[st
     s, p, c, t = model.image_size, model.feature_size, model.arch.d_model, model.arch.context_length
     mask = torch.zeros(classes, t, dtype=torch.bool)
     for i in range(classes):
-        mask[i, 2 + (i % (t - 3)):] = True  # different prompt lengths per class
+        mask[i, 2 + (i % (t - 3)) :] = True  # different prompt lengths per class
     return {
         "pixels": torch.randn(1, 3, s, s, generator=g).clamp(-1, 1),
         "img_feat": torch.randn(1, c, p, p, generator=g),
@@ -94,17 +94,38 @@ def export(model: DartModel, out_dir: str, prompt_mode: str = "official", opset:
     os.makedirs(out_dir, exist_ok=True)
     model = prepare_for_export(model.cpu())
     x = example_inputs(model)
-    paths = {"backbone": os.path.join(out_dir, "backbone.onnx"), "encdec": os.path.join(out_dir, f"encdec_{prompt_mode}.onnx")}
+    paths = {
+        "backbone": os.path.join(out_dir, "backbone.onnx"),
+        "encdec": os.path.join(out_dir, f"encdec_{prompt_mode}.onnx"),
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape arithmetic
-        torch.onnx.export(BackboneGraph(model.vision).eval(), (x["pixels"],), paths["backbone"],
-                          input_names=list(BACKBONE_INPUTS), output_names=list(BACKBONE_OUTPUTS),
-                          opset_version=opset, dynamo=False)
-        n_axis = {"text": {1: "classes"}, "text_mask": {0: "classes"},
-                  "logits": {0: "classes"}, "boxes": {0: "classes"}, "presence": {0: "classes"}}
-        torch.onnx.export(EncDecGraph(model, prompt_mode).eval(), tuple(x[k] for k in ENCDEC_INPUTS), paths["encdec"],
-                          input_names=list(ENCDEC_INPUTS), output_names=list(ENCDEC_OUTPUTS),
-                          opset_version=opset, dynamo=False, dynamic_axes=n_axis)
+        torch.onnx.export(
+            BackboneGraph(model.vision).eval(),
+            (x["pixels"],),
+            paths["backbone"],
+            input_names=list(BACKBONE_INPUTS),
+            output_names=list(BACKBONE_OUTPUTS),
+            opset_version=opset,
+            dynamo=False,
+        )
+        n_axis = {
+            "text": {1: "classes"},
+            "text_mask": {0: "classes"},
+            "logits": {0: "classes"},
+            "boxes": {0: "classes"},
+            "presence": {0: "classes"},
+        }
+        torch.onnx.export(
+            EncDecGraph(model, prompt_mode).eval(),
+            tuple(x[k] for k in ENCDEC_INPUTS),
+            paths["encdec"],
+            input_names=list(ENCDEC_INPUTS),
+            output_names=list(ENCDEC_OUTPUTS),
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes=n_axis,
+        )
     import onnx
 
     for p in paths.values():
@@ -151,20 +172,28 @@ def parity(model: DartModel, stages: OnnxRuntimeStages, prompt_mode: str, class_
         args = tuple(x[k] for k in ENCDEC_INPUTS)
         got = stages.encode_decode(*args)
         want = ref(*args)
-        for name, g, w in zip(ENCDEC_OUTPUTS, (got.logits, got.boxes, got.presence_logits), want):
+        for name, g, w in zip(ENCDEC_OUTPUTS, (got.logits, got.boxes, got.presence_logits), want, strict=True):
             out[f"{name}_{n}cls"] = compare(g, w)
     return out
 
 
-def write_manifest(path: str, model: DartModel, prompt_mode: str, opset: int, files: Dict[str, str],
-                   parity_report: Optional[dict]) -> dict:
+def write_manifest(
+    path: str, model: DartModel, prompt_mode: str, opset: int, files: Dict[str, str], parity_report: Optional[dict]
+) -> dict:
     """Everything needed to use (or rebuild engines from) the graphs, next to them."""
     manifest = {
         "format": "dart_ros.onnx/1",
-        "backbone": model.preset.name, "image_size": model.image_size, "feature_size": model.feature_size,
-        "d_model": model.arch.d_model, "queries": model.arch.num_queries,
-        "text_tokens": model.arch.context_length, "prompt_mode": prompt_mode, "presence": True,
-        "opset": opset, "weights": model.weights_identity, "torch": torch.__version__,
+        "backbone": model.preset.name,
+        "image_size": model.image_size,
+        "feature_size": model.feature_size,
+        "d_model": model.arch.d_model,
+        "queries": model.arch.num_queries,
+        "text_tokens": model.arch.context_length,
+        "prompt_mode": prompt_mode,
+        "presence": True,
+        "opset": opset,
+        "weights": model.weights_identity,
+        "torch": torch.__version__,
         "files": {k: os.path.basename(v) for k, v in files.items()},
         "inputs": {"backbone": list(BACKBONE_INPUTS), "encdec": list(ENCDEC_INPUTS)},
         "outputs": {"backbone": list(BACKBONE_OUTPUTS), "encdec": list(ENCDEC_OUTPUTS)},

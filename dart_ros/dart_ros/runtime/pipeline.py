@@ -72,8 +72,14 @@ class StreamPipeline:
         device: the CUDA device.
     """
 
-    def __init__(self, backbone: BackboneRunner, encdec: EncDecRunner, preprocess: Preprocess,
-                 postprocess: Postprocess, device: torch.device):
+    def __init__(
+        self,
+        backbone: BackboneRunner,
+        encdec: EncDecRunner,
+        preprocess: Preprocess,
+        postprocess: Postprocess,
+        device: torch.device,
+    ):
         if backbone.slots < 2:
             raise ValueError("the pipeline needs a backbone runner with two buffer slots")
         self.backbone = backbone
@@ -89,8 +95,9 @@ class StreamPipeline:
         # Slot s may be overwritten only after the enc-dec that read it has finished.
         self._slot_free: List[Optional[torch.cuda.Event]] = [None, None]
 
-    def submit(self, image, color: str, meta: Any, vocab: Any, prompt: PreparedPrompt,
-               geometry_token: bool) -> List[Detections]:
+    def submit(
+        self, image, color: str, meta: Any, vocab: Any, prompt: PreparedPrompt, geometry_token: bool
+    ) -> List[Detections]:
         """Queue a frame; return the previous frame's result (if any)."""
         hwc = as_hwc_tensor(image, color)  # a malformed frame raises before anything is queued
         t0 = time.perf_counter()

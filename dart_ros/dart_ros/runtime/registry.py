@@ -49,8 +49,9 @@ def resolve_runtime(name: str, device: torch.device) -> RuntimeSpec:
     if spec is None:
         raise ValueError(f"unknown runtime {name!r}; valid: {', '.join(runtime_names())}")
     if device.type not in spec.devices:
-        raise ValueError(f"runtime {name!r} needs a {' or '.join(d.upper() for d in spec.devices)} device, "
-                         f"not {device.type}")
+        raise ValueError(
+            f"runtime {name!r} needs a {' or '.join(d.upper() for d in spec.devices)} device, not {device.type}"
+        )
     return spec
 
 

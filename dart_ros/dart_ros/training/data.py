@@ -20,11 +20,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 def list_images(source: str) -> List[str]:
     """Sorted image paths under a directory, or the paths listed in a text file."""
     if os.path.isdir(source):
-        out = [os.path.join(d, f) for d, _, files in os.walk(source) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+        out = [
+            os.path.join(d, f) for d, _, files in os.walk(source) for f in files if f.lower().endswith(IMAGE_SUFFIXES)
+        ]
     elif os.path.isfile(source):
         base = os.path.dirname(os.path.abspath(source))
         with open(source) as f:
-            out = [ln.strip() if os.path.isabs(ln.strip()) else os.path.join(base, ln.strip()) for ln in f if ln.strip()]
+            out = [
+                ln.strip() if os.path.isabs(ln.strip()) else os.path.join(base, ln.strip()) for ln in f if ln.strip()
+            ]
     else:
         raise FileNotFoundError(f"no image directory or list file at {source!r}")
     if not out:

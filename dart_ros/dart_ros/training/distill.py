@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from dart_ros.model.registry import build_vision_backbone, get_preset
+from dart_ros.model.registry import build_vision_backbone
+from dart_ros.presets import get_preset
 from dart_ros.training import distributed as D
 from dart_ros.training.data import list_images
 from dart_ros.training.trainer import FeatureDistiller, TrainConfig
@@ -50,33 +51,63 @@ def run(cfg: DistillConfig) -> dict:
     try:
         size = cfg.image_size or None
         teacher, teacher_id = build_vision_backbone(
-            cfg.teacher, size, sam3_checkpoint=cfg.sam3_checkpoint or None,
-            backbone_checkpoint=cfg.teacher_checkpoint or None, mask_blocks=cfg.teacher_mask_blocks or None,
-            device=str(env.device))
+            cfg.teacher,
+            size,
+            sam3_checkpoint=cfg.sam3_checkpoint or None,
+            backbone_checkpoint=cfg.teacher_checkpoint or None,
+            mask_blocks=cfg.teacher_mask_blocks or None,
+            device=str(env.device),
+        )
         if not (cfg.sam3_checkpoint or cfg.teacher_checkpoint) and env.is_main:
             log.warning("no teacher weights: distilling from a RANDOM teacher (only useful for testing)")
         student, _ = build_vision_backbone(
-            cfg.student, size, timm_weights=cfg.timm_weights or None,
-            backbone_checkpoint=cfg.init_checkpoint or None, seed=cfg.seed + 1, device=str(env.device))
+            cfg.student,
+            size,
+            timm_weights=cfg.timm_weights or None,
+            backbone_checkpoint=cfg.init_checkpoint or None,
+            seed=cfg.seed + 1,
+            device=str(env.device),
+        )
         for i, adapter in enumerate(student.adapters):  # unused levels: frozen (DDP needs every trained param used)
             adapter.requires_grad_(cfg.level_weights[i] > 0)
         image_size = student.target_sizes[2] * 14
 
         def payload(epoch, loss):
             state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
-            return {"epoch": epoch, "loss": loss, "student_state_dict": state,
-                    "adapter_state_dict": {k: v for k, v in state.items() if k.startswith("adapters.")},
-                    "mask_blocks": cfg.teacher_mask_blocks, "student": cfg.student, "teacher": teacher_id}
+            return {
+                "epoch": epoch,
+                "loss": loss,
+                "student_state_dict": state,
+                "adapter_state_dict": {k: v for k, v in state.items() if k.startswith("adapters.")},
+                "mask_blocks": cfg.teacher_mask_blocks,
+                "student": cfg.student,
+                "teacher": teacher_id,
+            }
 
         def final(epoch, loss):
-            return {"epoch": epoch, "loss": loss, "student": cfg.student,
-                    "student_state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()}}
+            return {
+                "epoch": epoch,
+                "loss": loss,
+                "student": cfg.student,
+                "student_state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+            }
 
         def restore(ckpt):
             student.load_state_dict(ckpt["student_state_dict"])
 
-        trainer = FeatureDistiller(cfg, env, teacher, student, list_images(cfg.images), image_size, teacher_id,
-                                   payload, restore, final, prefix="adapter")
+        trainer = FeatureDistiller(
+            cfg,
+            env,
+            teacher,
+            student,
+            list_images(cfg.images),
+            image_size,
+            teacher_id,
+            payload,
+            restore,
+            final,
+            prefix="adapter",
+        )
         return trainer.train()
     finally:
         D.cleanup(env)

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from dart_ros.model.arch import Sam3Arch, get_arch
-from dart_ros.model.registry import build_vision_backbone, get_preset
+from dart_ros.model.registry import build_vision_backbone
 from dart_ros.model.vit import MaskedBlock, MaskSpec, SkippedBlock, format_mask_blocks, parse_mask_blocks
+from dart_ros.presets import get_preset
 from dart_ros.training import distributed as D
 from dart_ros.training.data import ImageDataset, list_images
 from dart_ros.training.trainer import FeatureDistiller, TrainConfig
@@ -106,7 +107,7 @@ def block_flops(arch: Sam3Arch, image_size: int) -> Dict[Candidate, float]:
     hidden = int(c * arch.mlp_ratio)
     out = {}
     for i in range(arch.depth):
-        span = tokens if i in arch.global_blocks else arch.window_size ** 2
+        span = tokens if i in arch.global_blocks else arch.window_size**2
         n_windows = 1 if i in arch.global_blocks else math.ceil(p / arch.window_size) ** 2
         padded = tokens if i in arch.global_blocks else n_windows * span
         attn = 2 * padded * c * 4 * c + 4 * n_windows * span * span * c
@@ -125,20 +126,31 @@ def estimated_speedup(arch: Sam3Arch, image_size: int, removed: Sequence[Candida
 
 
 @torch.no_grad()
-def analyse(neck: nn.Module, arch: Sam3Arch, image_paths: Sequence[str], image_size: int, mode: str,
-            num_remove: int, batch: int, device: torch.device, show_progress: bool = True) -> dict:
+def analyse(
+    neck: nn.Module,
+    arch: Sam3Arch,
+    image_paths: Sequence[str],
+    image_size: int,
+    mode: str,
+    num_remove: int,
+    batch: int,
+    device: torch.device,
+    show_progress: bool = True,
+) -> dict:
     """Single-candidate ranking and greedy search; returns the report dict."""
     from tqdm import tqdm
 
     data = ImageDataset(image_paths, image_size)
-    batches = [torch.stack([data[j][1] for j in range(i, min(i + batch, len(data)))]).to(device)
-               for i in range(0, len(data), batch)]
+    batches = [
+        torch.stack([data[j][1] for j in range(i, min(i + batch, len(data)))]).to(device)
+        for i in range(0, len(data), batch)
+    ]
     reference = [neck.forward_detection(x).float() for x in batches]
 
     def score(removed: Sequence[Candidate]) -> Tuple[float, float]:
         with temporarily_pruned(neck.trunk, removed):
             mse, cos, n = 0.0, 0.0, 0
-            for x, ref in zip(batches, reference):
+            for x, ref in zip(batches, reference, strict=True):
                 out = neck.forward_detection(x).float()
                 mse += float(((out - ref) ** 2).mean()) * x.shape[0]
                 cos += float(nn.functional.cosine_similarity(out.flatten(1), ref.flatten(1)).sum())
@@ -163,12 +175,26 @@ def analyse(neck: nn.Module, arch: Sam3Arch, image_paths: Sequence[str], image_s
             if best is None or mse < best[1]:
                 best = (c, mse, cos)
         removed.append(best[0])
-        steps.append({"removed": [list(r) for r in removed], "added": list(best[0]), "mse": best[1], "cosine": best[2],
-                      "estimated_speedup": estimated_speedup(arch, image_size, removed)})
+        steps.append(
+            {
+                "removed": [list(r) for r in removed],
+                "added": list(best[0]),
+                "mse": best[1],
+                "cosine": best[2],
+                "estimated_speedup": estimated_speedup(arch, image_size, removed),
+            }
+        )
     skip, mask = to_pruning(removed)
-    return {"mode": mode, "image_size": image_size, "calibration_images": len(image_paths),
-            "metric": "MSE / cosine of the stride-14 detection features vs the unpruned backbone",
-            "single": single, "greedy": steps, "skip_blocks": skip, "mask_blocks": format_mask_blocks(mask)}
+    return {
+        "mode": mode,
+        "image_size": image_size,
+        "calibration_images": len(image_paths),
+        "metric": "MSE / cosine of the stride-14 detection features vs the unpruned backbone",
+        "single": single,
+        "greedy": steps,
+        "skip_blocks": skip,
+        "mask_blocks": format_mask_blocks(mask),
+    }
 
 
 def plot_report(report: dict, path: str) -> None:
@@ -183,8 +209,12 @@ def plot_report(report: dict, path: str) -> None:
     x = list(range(1, len(steps) + 1))
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, [s["mse"] for s in steps], marker="o", color="C0")
-    ax.set(xlabel=f"{report['mode']}s removed (greedy)", ylabel="feature MSE", yscale="log",
-           title="pruning: detection-feature loss vs removed")
+    ax.set(
+        xlabel=f"{report['mode']}s removed (greedy)",
+        ylabel="feature MSE",
+        yscale="log",
+        title="pruning: detection-feature loss vs removed",
+    )
     ax.grid(True, alpha=0.3)
     ax2 = ax.twinx()
     ax2.plot(x, [s["estimated_speedup"] for s in steps], marker="s", color="C1")
@@ -202,8 +232,9 @@ def run(cfg: PruneConfig) -> dict:
     env = D.init(cfg.device)
     try:
         size = cfg.image_size or arch.default_image_size
-        teacher, teacher_id = build_vision_backbone(cfg.backbone, size, sam3_checkpoint=cfg.sam3_checkpoint or None,
-                                                    skip_blocks=(), device=str(env.device))
+        teacher, teacher_id = build_vision_backbone(
+            cfg.backbone, size, sam3_checkpoint=cfg.sam3_checkpoint or None, skip_blocks=(), device=str(env.device)
+        )
         if not cfg.sam3_checkpoint and env.is_main:
             log.warning("no sam3_checkpoint: pruning a RANDOM backbone (only useful for testing)")
         paths = list_images(cfg.images)
@@ -219,8 +250,17 @@ def run(cfg: PruneConfig) -> dict:
         else:
             step = max(1, len(paths) // max(1, cfg.calibration_images))
             calib = paths[::step][: cfg.calibration_images]  # evenly strided over the sorted list
-            report = analyse(teacher, arch, calib, size, cfg.mode, cfg.num_remove, cfg.calibration_batch,
-                             env.device, show_progress=env.is_main)
+            report = analyse(
+                teacher,
+                arch,
+                calib,
+                size,
+                cfg.mode,
+                cfg.num_remove,
+                cfg.calibration_batch,
+                env.device,
+                show_progress=env.is_main,
+            )
             if env.is_main:
                 with open(report_path, "w") as f:
                     json.dump(report, f, indent=1)
@@ -243,14 +283,22 @@ def run(cfg: PruneConfig) -> dict:
             return {k: v.detach().cpu() for k, v in student.state_dict().items() if not k.endswith(".attn.freqs_cis")}
 
         def payload(epoch, loss):
-            return {"epoch": epoch, "loss": loss, "pruned_state_dict": state(), "skip_blocks": list(skip),
-                    "mask_blocks": mask_text, "backbone": cfg.backbone, "teacher": teacher_id}
+            return {
+                "epoch": epoch,
+                "loss": loss,
+                "pruned_state_dict": state(),
+                "skip_blocks": list(skip),
+                "mask_blocks": mask_text,
+                "backbone": cfg.backbone,
+                "teacher": teacher_id,
+            }
 
         def restore(ckpt):
             student.load_state_dict(ckpt["pruned_state_dict"], strict=False)
 
-        trainer = FeatureDistiller(cfg, env, teacher, student, paths, size, teacher_id,
-                                   payload, restore, payload, prefix="pruned")
+        trainer = FeatureDistiller(
+            cfg, env, teacher, student, paths, size, teacher_id, payload, restore, payload, prefix="pruned"
+        )
         summary = trainer.train()
         summary.update(skip_blocks=list(skip), mask_blocks=mask_text)
         return summary

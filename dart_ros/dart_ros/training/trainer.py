@@ -114,10 +114,11 @@ class TeacherCache:
         os.replace(tmp, p)
 
 
-def weighted_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-                 weights: Sequence[float]) -> Tuple[torch.Tensor, List[float]]:
-    parts = [F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher)]
-    total = sum(w * p for w, p in zip(weights, parts))
+def weighted_mse(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], weights: Sequence[float]
+) -> Tuple[torch.Tensor, List[float]]:
+    parts = [F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher, strict=True)]
+    total = sum(w * p for w, p in zip(weights, parts, strict=True))
     return total, [float(p.detach()) for p in parts]
 
 
@@ -132,10 +133,20 @@ class FeatureDistiller:
         prefix: checkpoint name prefix (``adapter`` → ``adapter_epoch3.pt``, ``adapter_final.pt``).
     """
 
-    def __init__(self, cfg: TrainConfig, env: D.DistEnv, teacher: nn.Module, student: nn.Module,
-                 image_paths: Sequence[str], image_size: int, teacher_id: str,
-                 payload: Callable[[int, float], dict], restore: Callable[[dict], None],
-                 final_payload: Callable[[int, float], dict], prefix: str):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        env: D.DistEnv,
+        teacher: nn.Module,
+        student: nn.Module,
+        image_paths: Sequence[str],
+        image_size: int,
+        teacher_id: str,
+        payload: Callable[[int, float], dict],
+        restore: Callable[[dict], None],
+        final_payload: Callable[[int, float], dict],
+        prefix: str,
+    ):
         self.cfg, self.env = cfg, env
         self.levels = cfg.active_levels
         self.weights = [cfg.level_weights[i] for i in self.levels]
@@ -149,20 +160,25 @@ class FeatureDistiller:
         self.model = LevelsForward(self.student, self.levels)
         if env.distributed:
             self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+                self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+            )
         self.amp_dtype = AMP[cfg.amp] if env.device.type == "cuda" else None
         self.payload, self.restore, self.final_payload, self.prefix = payload, restore, final_payload, prefix
         self.dataset = ImageDataset(image_paths, image_size)
-        self.sampler = DistributedSampler(self.dataset, num_replicas=env.world_size, rank=env.rank,
-                                          shuffle=True, seed=cfg.seed, drop_last=True)
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
         self.steps_per_epoch = len(self.sampler) // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(image_paths)} images are fewer than one batch of {cfg.batch_size} x {env.world_size}")
+            raise ValueError(
+                f"{len(image_paths)} images are fewer than one batch of {cfg.batch_size} x {env.world_size}"
+            )
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=self.total_steps, eta_min=cfg.lr * cfg.min_lr_ratio)
+            self.optimizer, T_max=self.total_steps, eta_min=cfg.lr * cfg.min_lr_ratio
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.cache = TeacherCache(cfg.teacher_cache, teacher_id, self.levels, image_size) if cfg.teacher_cache else None
         self.step = 0
@@ -178,8 +194,10 @@ class FeatureDistiller:
             return
         ckpt = dict(self.payload(epoch, self.last_loss))
         ckpt.update(
-            step=self.step, optimizer_state_dict=self.optimizer.state_dict(),
-            scheduler_state_dict=self.scheduler.state_dict(), scaler_state_dict=self.scaler.state_dict(),
+            step=self.step,
+            optimizer_state_dict=self.optimizer.state_dict(),
+            scheduler_state_dict=self.scheduler.state_dict(),
+            scaler_state_dict=self.scaler.state_dict(),
             train_config=dataclasses.asdict(self.cfg),
         )
         tmp = self._ckpt_path(name + ".tmp")
@@ -243,9 +261,15 @@ class FeatureDistiller:
             epoch = self.step // self.steps_per_epoch
             self.sampler.set_epoch(epoch)
             skip = self.step - epoch * self.steps_per_epoch  # resume mid-epoch: same order, skip done batches
-            order = list(self.sampler)[skip * cfg.batch_size:]
-            loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=order, drop_last=True,
-                                num_workers=cfg.workers, pin_memory=env.device.type == "cuda")
+            order = list(self.sampler)[skip * cfg.batch_size :]
+            loader = DataLoader(
+                self.dataset,
+                batch_size=cfg.batch_size,
+                sampler=order,
+                drop_last=True,
+                num_workers=cfg.workers,
+                pin_memory=env.device.type == "cuda",
+            )
             for idx, x in loader:
                 x = x.to(env.device, non_blocking=True)
                 target = self._teacher_feats(idx, x)
@@ -264,11 +288,19 @@ class FeatureDistiller:
                     progress.update(1)
                     progress.set_postfix(loss=f"{self.last_loss:.4g}")
                 if log_file and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
-                    log_file.write(json.dumps({
-                        "step": self.step, "epoch": epoch, "loss": self.last_loss,
-                        "level_losses": dict(zip(map(str, self.levels), parts)),
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "images_per_s": images_seen / max(time.time() - t_start, 1e-6)}) + "\n")
+                    log_file.write(
+                        json.dumps(
+                            {
+                                "step": self.step,
+                                "epoch": epoch,
+                                "loss": self.last_loss,
+                                "level_losses": dict(zip(map(str, self.levels), parts, strict=True)),
+                                "lr": self.scheduler.get_last_lr()[0],
+                                "images_per_s": images_seen / max(time.time() - t_start, 1e-6),
+                            }
+                        )
+                        + "\n"
+                    )
                     log_file.flush()
                 if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
                     self.save("last.pt", epoch)
@@ -283,9 +315,15 @@ class FeatureDistiller:
             D.barrier(env)
             return {"steps": self.step, "stopped_early": True, "final_loss": self.last_loss}
         final_epoch = math.ceil(self.step / self.steps_per_epoch)
-        summary = {"steps": self.step, "epochs": final_epoch, "final_loss": self.last_loss,
-                   "levels": list(self.levels), "weights": self.weights,
-                   "images": len(self.dataset), "world_size": env.world_size}
+        summary = {
+            "steps": self.step,
+            "epochs": final_epoch,
+            "final_loss": self.last_loss,
+            "levels": list(self.levels),
+            "weights": self.weights,
+            "images": len(self.dataset),
+            "world_size": env.world_size,
+        }
         if env.is_main:
             torch.save(self.final_payload(final_epoch, self.last_loss), self._ckpt_path(f"{self.prefix}_final.pt"))
             log_file.close()
