@@ -30,8 +30,8 @@ class DetectorConfig:
         precision: ``fp32``, ``bf16`` or ``fp16`` (reduced precision only on CUDA: autocast in the eager
             runtime, weights and activations in that dtype in the fast one).
         allow_tf32: let fp32 matmuls use TF32 on Ampere+ (off: fp32 means fp32).
-        max_classes_per_chunk: classes per encoder-decoder batch. Memory grows with it (at 1008²
-            the fast path holds ~32 MB per class of decoder keys and values alone).
+        max_classes_per_chunk: classes per encoder-decoder batch. Memory grows with it (the fast
+            path holds every decoder layer's image keys and values per class of a chunk).
         runtime: ``auto`` (``fast`` on CUDA, ``eager`` elsewhere), ``eager`` (sam3 modules as
             they are) or ``fast`` (CUDA: fused ViT and encoder-decoder in the chosen precision,
             CUDA graphs for the backbone and per class-count bucket for the encoder-decoder;
@@ -41,12 +41,12 @@ class DetectorConfig:
             ViT's RoPE into one Triton kernel, a student backbone's element-wise work around its
             convolutions (15-25 s once at start-up; off, or without Triton: eager, same numbers).
         compile_encdec: fast runtime on CUDA: ``torch.compile`` the encoder and decoder loops
-            (fused residual adds, LayerNorms, casts; ~14 % faster at 4 classes on the H100) at the
-            price of about 1.5 minutes of compiling at start-up (less with inductor's on-disk cache).
+            (fused residual adds, LayerNorms, casts; docs/benchmarks.md shows the gain) at the price
+            of minutes of compiling at the first start (less with inductor's on-disk cache).
         tune_gemms: fast runtime on CUDA in reduced precision, with nvmath-python installed: time
             cuBLASLt's candidate algorithms for the ViT's block GEMMs once at start-up and run the
-            fastest inside the backbone's CUDA graph (~0.3 ms per ViT-H frame on the H100;
-            without nvmath-python: torch's pick, said in the log).
+            fastest inside the backbone's CUDA graph (without nvmath-python: torch's pick, said in
+            the log).
     Vocabulary
         classes: initial vocabulary.
         max_classes: largest vocabulary accepted.

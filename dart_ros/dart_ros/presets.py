@@ -27,13 +27,14 @@ class BackbonePreset:
 PRESETS = {
     p.name: p
     for p in (
-        BackbonePreset("vit_h", "full", "vit", description="SAM3 ViT-H/14, 32 blocks (teacher)"),
+        BackbonePreset("vit_h", "full", "vit", description="SAM3 ViT-H/14, 32 blocks (teacher)", paper_coco_ap=55.8),
         BackbonePreset(
             "vit_h_pruned16",
             "full",
             "vit",
             skip_blocks=DART_SKIP16,
             description="ViT-H with 16 window blocks removed (DART Pruned-16)",
+        paper_coco_ap=53.6,
         ),
         BackbonePreset(
             "repvit_m2_3",

@@ -1,6 +1,6 @@
 """Speed benchmark of the DART optimisation hierarchy and of every backbone, on one GPU.
 
-    python offline/benchmark.py --out artifacts/bench                      # everything (≈6 min on an H100)
+    python offline/benchmark.py --out artifacts/bench                      # everything (minutes on a big GPU)
     python offline/benchmark.py --backbones vit_h --classes 1 4 --levels batched fast pipelined
 
 Levels (each includes the previous ones' ideas):
@@ -88,6 +88,9 @@ def free(*objs) -> None:
     del objs
     gc.collect()
     torch.cuda.empty_cache()
+    # Each model's modules are new classes to torch.compile: without a reset, later backbones in the
+    # same process run into dynamo's recompile limit and fall back to eager.
+    torch._dynamo.reset()
 
 
 def run_eager_levels(args, frames, results) -> None:
@@ -214,8 +217,8 @@ def environment(args) -> Dict[str, str]:
         "sam3": version("sam3"),
         "python": platform.python_version(),
         "nvmath": version("nvmath-python") if blaslt.available() else None,
-        "host": platform.node(),
-        "args": vars(args),
+        # the output name only: a machine's folders do not belong in a published report
+        "args": {**vars(args), "out": os.path.basename(args.out)},
     }
 
 

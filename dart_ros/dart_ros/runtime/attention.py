@@ -1,30 +1,23 @@
 """The encoder's attention over many image tokens with small heads: a Triton flash-attention kernel.
 
 Why a kernel of our own: the enc-dec's dominant cost is the encoder self-attention over the 5,184
-image tokens of every class, 8 heads of dimension 32. The best kernel torch offers for that shape
-(cuDNN) runs at ~210 TFLOP/s on the H100; this one, FlashAttention's online softmax written for
-that shape and autotuned, at ~280 (``offline/runtime_probe.py attention``; docs/benchmarks.md).
-The same kernel serves the encoder's cross-attention of those tokens to the (padded, ~33-token)
+image tokens of every class, 8 heads of dimension 32, a shape torch's kernels (cuDNN included)
+run well below what the GPU can do. This one is FlashAttention's online softmax written for that
+shape and autotuned. The same kernel serves the encoder's cross-attention of those tokens to the (padded, ~33-token)
 text prompt, which cuDNN runs far below memory speed.
 
 - **Token-major in and out.** Reads q, k, v straight from the (N, L, heads·d) projections (any
   strides: q and k as halves of one GEMM's output, a query broadcast over the classes) and writes
   (N, L, heads·d): no transposes.
-- Small query tiles (autotuned; 64 rows won at 1–16 classes) keep many programs per SM at this
-  head dimension; the softmax scale and log2(e) fold into one FMA before ``exp2``; statistics and
+- Small query tiles (autotuned) keep many programs per SM at this head dimension; the softmax scale and log2(e) fold into one FMA before ``exp2``; statistics and
   accumulation stay fp32, probabilities are rounded to the input dtype for P·V as in FlashAttention.
 - Without a key mask, on Hopper and later, the tiles are moved by the TMA unit (host-built tensor
-  descriptors over the (N, L, H·d) tensors; out-of-range rows arrive as zeros and are not stored):
-  4-11 % faster than pointer loads at the enc-dec's and the ViT's shapes on the H100.
+  descriptors over the (N, L, H·d) tensors; out-of-range rows arrive as zeros and are not stored),
+  which is faster than pointer loads at the enc-dec's and the ViT's shapes.
 - Key-padding masks (N, Lk) as SDPA's boolean (N, 1, 1, Lk) ``attn_mask``.
 - The decoder's boxRPB cross-attention (201 queries over the 5,184 tokens, additive bias) on a
   second kernel, :func:`biased_attention`, that splits the keys over programs: cuDNN gets only
   N·H·4 programs there, each looping over every key, and is latency-bound at few classes.
-
-Tried and dropped, measured slower (docs/benchmarks.md): half of the exponentials as a polynomial on
-the FMA pipe (FlashAttention-4's trick against the exponential unit's 1/16 rate; 5–20 % slower in
-Triton); the boxRPB bias ``by[y] + bx[x]`` gathered on the fly instead of materialised (3–5×
-slower than cuDNN given the bias: the gathers cost more than the bias tensor's memory traffic).
 
 :func:`attention` is the entry point: it uses the kernels on CUDA for fp16/bf16 inputs at head
 dimensions 16–128 (powers of two) — at least :data:`MIN_TOKENS` queries with no mask or a
@@ -81,8 +74,8 @@ def _configs():
 
 
 def _tma_configs():
-    # With TMA loads 64 × 128 tiles won at the enc-dec's shapes and the ViT's global blocks, 128 × 64
-    # (8 warps) at its windows (H100; runs m).
+    # With TMA loads, 64 × 128 tiles suit the enc-dec's shapes and the ViT's global blocks, 128 × 64
+    # (8 warps) its windows; the neighbours cover other GPUs.
     shapes = ((64, 128, 4, 3), (64, 64, 4, 4), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4))
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=_tma_blocks)
@@ -375,8 +368,7 @@ def launch(
     ``key_mask``: (N, Lk) bool, True = attend (padding of text prompts). ``config``: fixed block
     sizes / warps / stages (probes, the interpreter in the tests); default: autotuned over
     :func:`_configs` (:func:`_tma_configs`) on the first call per shape. ``tma``: load tiles with
-    the TMA unit (no key mask; default: where :func:`tma_supported`), 4-11 % faster on the H100 at
-    the enc-dec's and the ViT's shapes (docs/benchmarks.md).
+    the TMA unit (no key mask; default: where :func:`tma_supported`).
     """
     n, lq, c = q.shape
     lk = k.shape[1]

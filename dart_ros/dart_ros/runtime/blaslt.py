@@ -1,10 +1,8 @@
 """The fast ViT's GEMMs on the cuBLASLt algorithm that measured fastest (nvmath-python, optional).
 
 torch runs cuBLASLt's first heuristic pick for every matmul. For the ViT-H block's four GEMMs at
-5,184 tokens another of the heuristic's candidates is faster on the H100 — fc1 with its bias and
-GELU epilogue 92.9 -> 87.6 µs, qkv 51.5 -> 49.9 µs (docs/benchmarks.md, run ``2026-11-22m``) —
-and which one differs between GPUs (an H200 preferred another tile). The backbone's shapes are
-fixed, so :class:`GemmTuner` times the candidates once, during the eager warm-up before graph
+5,184 tokens another of the heuristic's candidates is often faster, and which one differs between
+GPUs. The backbone's shapes are fixed, so :class:`GemmTuner` times the candidates once, during the eager warm-up before graph
 capture, and the CUDA graph then holds the winner.
 
 - Computed transposed, ``Wx^T (+ b)``: cuBLASLt's bias epilogue adds a vector along the result's

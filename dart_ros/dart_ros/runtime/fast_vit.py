@@ -19,13 +19,12 @@ tests); only the order of work changes:
   kernel on CUDA in reduced precision, SDPA elsewhere): q, k and v are read as strided views of
   the RoPE and qkv outputs and the heads come back merged, so no copies either side.
 - **Patch embedding as one GEMM**: the 14×14 stride-14 convolution is a matrix product over
-  non-overlapping patches; cuDNN ran it as an implicit-GEMM kernel at ~20 TFLOP/s (0.30 ms).
+  non-overlapping patches, which cuBLAS runs far faster than cuDNN's implicit-GEMM kernel.
 - **Block GEMMs on the measured-fastest cuBLASLt algorithm** inside the CUDA graph, given a
   :class:`dart_ros.runtime.blaslt.GemmTuner` (nvmath-python; torch's own pick otherwise).
 
-The profiler showed these copies and strided element-wise kernels taking about 45 % of the
-backbone's 18 ms on the H100, for no FLOPs (docs/benchmarks.md, "where the time goes").
-Pruned trunks are supported (skipped blocks and masked attention / MLP branches).
+In sam3's trunk these copies and strided element-wise kernels take a large share of the
+backbone's time for no FLOPs. Pruned trunks are supported (skipped blocks and masked attention / MLP branches).
 """
 
 from __future__ import annotations
@@ -55,8 +54,7 @@ def rope_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Te
 def rope_kernel(compiled: bool):
     """The RoPE function the fast ViT calls: compiled into one Triton kernel, or plain ATen.
 
-    The three ATen kernels make five strided passes over q and k (3.4 ms of the ViT-H backbone's
-    16 ms on the H100); the compiled kernel makes two.
+    The three ATen kernels make five strided passes over q and k; the compiled kernel makes two.
     """
     return maybe_compiled(rope_qk, "RoPE", compiled, dynamic=False, fullgraph=True)
 

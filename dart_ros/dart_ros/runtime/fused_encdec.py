@@ -5,8 +5,8 @@ encoder and decoder layers) compute, from the same parameters, but arranged for 
 
 - **Native reduced precision.** The encoder and decoder layers run on copies of their weights in the
   compute dtype with activations in that dtype: no autocast, hence no per-call weight casts and no
-  fp32 LayerNorm round trips (the profiler counted 535 cast kernels and fp32 LayerNorms over
-  5,184·N tokens as a third of the enc-dec time). What decides boxes and scores stays fp32 as in
+  fp32 LayerNorm round trips over 5,184·N tokens, which under autocast cost a large share of the
+  enc-dec time). What decides boxes and scores stays fp32 as in
   sam3: the reference boxes and their refinement, the presence head and the dot-product scoring.
 - **The first encoder self-attention is shared by all classes.** Before the first cross-attention
   to the prompt, the image tokens do not depend on the class, so layer 0's self-attention (one
@@ -168,7 +168,7 @@ class FusedEncDec(nn.Module):
         dec = transformer.decoder
         # The decoder's image keys and values depend on the encoder memory only, not on the queries:
         # every layer's projections in two GEMMs D·C wide, instead of 2·D GEMMs C wide that each
-        # ran at ~200 TFLOP/s at 4 classes (K = C = 256 is too short for a wide GEMM's prologue).
+        # ran far below peak at few classes (K = C = 256 is too short for a wide GEMM's prologue).
         c = self.dec_layers[0].cross_attn.embed_dim
         for name, rows in (("mem_k", slice(c, 2 * c)), ("mem_v", slice(2 * c, 3 * c))):
             mhas = [layer.cross_attn for layer in self.dec_layers]
@@ -209,7 +209,7 @@ class FusedEncDec(nn.Module):
         self.register_buffer("coords_w", coords_w, persistent=False)
         self._pos_expanded: Dict[int, torch.Tensor] = {}
         # Automatic dynamic shapes: one compile for N = 1 and one for all larger buckets (and prompt
-        # lengths). Specialising per bucket measured no faster and exceeds dynamo's recompile limit.
+        # lengths). Specialising per bucket is no faster and exceeds dynamo's recompile limit.
         self.run_encoder = maybe_compiled(self._encoder, "encoder layers", compile_stages, dynamic=None)
         self.run_decoder = maybe_compiled(self._decoder, "decoder layers", compile_stages, dynamic=None)
         self.run_geometry = maybe_compiled(self._single_query_geometry, "geometry token", compile_stages, dynamic=None)
@@ -248,8 +248,8 @@ class FusedEncDec(nn.Module):
             )
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        # One query over P² keys: fused kernels parallelise over queries and leave the GPU idle
-        # (0.23 ms per call measured); the plain matmul-softmax-matmul fills it.
+        # One query over P² keys: fused kernels parallelise over queries and leave the GPU idle;
+        # the plain matmul-softmax-matmul fills it.
         with sdpa_kernel([SDPBackend.MATH]):
             geo, geo_mask = geometry_token(self.sam3, img_feat.float(), img_pos.float(), (self.p, self.p))
         return PromptCache(
@@ -391,7 +391,7 @@ class FusedEncDec(nn.Module):
         prompt = self._geometry(img_feat, img_pos, n, cache) if geometry_token else cache
         attend = (~prompt.mask)[:, None, None, :]  # (N, 1, 1, T) True = attend
         # Contiguous tokens: a student's NCHW map arrives channel-major here, and the residual adds
-        # would carry that layout through every layer (measured: +20 % enc-dec time).
+        # would carry that layout through every layer (strided, slower kernels).
         img = img_feat.transpose(0, 1).to(self.dtype).contiguous()
         pos = self._pos_n(n)  # (N, L, C), built outside the compiled functions
         return self.run_encoder(img, prompt, attend, pos), prompt, attend

@@ -3,8 +3,8 @@
 In the official prompt mode every frame's prompt gains one token from SAM3's geometry encoder: with
 no boxes or points, its CLS token alone goes through the encoder's layers (self-attention,
 cross-attention to the P² image tokens, FFN). sam3's layers project all P² = 5,184 keys and values
-for that single query — two fp32 GEMMs over the image per layer, ~0.3 ms of the 4-class enc-dec
-(profile in docs/benchmarks.md) for what is one vector's worth of attention.
+for that single query — two fp32 GEMMs over the image per layer, on the encoder's critical path,
+for what is one vector's worth of attention.
 
 With one query the projections can move to the query's side, exactly:
 
@@ -53,7 +53,7 @@ def single_query_cross_attention(
     wv, bv = _in_proj(mha, 2)
     q = F.linear(query, wq, bq).view(b, h, d)
     u = torch.einsum("bhd,hdc->bhc", q, wk.view(h, d, c)) / math.sqrt(d)  # (B, H, C): W_k,hᵀ q_h
-    # keys last: softmax over the contiguous axis (over a strided one it took a slow kernel, 33 µs)
+    # keys last: softmax over the contiguous axis (over a strided one torch picks a slow kernel)
     p = torch.einsum("bhc,lbc->bhl", u, keys).softmax(dim=-1)  # (B, H, L)
     pooled = torch.bmm(p, values.transpose(0, 1))  # (B, H, C)
     o = torch.einsum("bhc,hdc->bhd", pooled, wv.view(h, d, c)).reshape(b, c)

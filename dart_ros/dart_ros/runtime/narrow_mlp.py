@@ -3,8 +3,8 @@
 The decoder evaluates them for every class, query, layer and row/column of the feature grid
 (80 classes: 1.15 M positions per layer and axis). As two GEMMs the first has K = 2, which no
 tensor-core kernel is built for (cuBLAS picks an sm80 CUTLASS kernel with 4-byte alignment), and
-the 256-wide hidden activation goes to memory and back; the H100 profile at 80 classes showed
-7.2 ms of the enc-dec's 90 ms there (docs/benchmarks.md). Here the first layer is K FMAs per hidden
+the 256-wide hidden activation goes to memory and back, a sizeable share of the enc-dec at many
+classes. Here the first layer is K FMAs per hidden
 unit in registers, the ReLU'd hidden tile (rounded to the compute dtype, as the GEMM path rounds
 it) goes straight into a tensor-core product with the second layer, and only the H outputs are
 written.
