@@ -34,7 +34,7 @@ PRESETS = {
             "vit",
             skip_blocks=DART_SKIP16,
             description="ViT-H with 16 window blocks removed (DART Pruned-16)",
-        paper_coco_ap=53.6,
+            paper_coco_ap=53.6,
         ),
         BackbonePreset(
             "repvit_m2_3",

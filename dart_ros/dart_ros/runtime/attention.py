@@ -9,8 +9,9 @@ text prompt, which cuDNN runs far below memory speed.
 - **Token-major in and out.** Reads q, k, v straight from the (N, L, heads·d) projections (any
   strides: q and k as halves of one GEMM's output, a query broadcast over the classes) and writes
   (N, L, heads·d): no transposes.
-- Small query tiles (autotuned) keep many programs per SM at this head dimension; the softmax scale and log2(e) fold into one FMA before ``exp2``; statistics and
-  accumulation stay fp32, probabilities are rounded to the input dtype for P·V as in FlashAttention.
+- Small query tiles (autotuned) keep many programs per SM at this head dimension; the softmax
+  scale and log2(e) fold into one FMA before ``exp2``; statistics and accumulation stay fp32,
+  probabilities are rounded to the input dtype for P·V as in FlashAttention.
 - Without a key mask, on Hopper and later, the tiles are moved by the TMA unit (host-built tensor
   descriptors over the (N, L, H·d) tensors; out-of-range rows arrive as zeros and are not stored),
   which is faster than pointer loads at the enc-dec's and the ViT's shapes.

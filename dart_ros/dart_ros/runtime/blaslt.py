@@ -2,8 +2,8 @@
 
 torch runs cuBLASLt's first heuristic pick for every matmul. For the ViT-H block's four GEMMs at
 5,184 tokens another of the heuristic's candidates is often faster, and which one differs between
-GPUs. The backbone's shapes are fixed, so :class:`GemmTuner` times the candidates once, during the eager warm-up before graph
-capture, and the CUDA graph then holds the winner.
+GPUs. The backbone's shapes are fixed, so :class:`GemmTuner` times the candidates once, during
+the eager warm-up before graph capture, and the CUDA graph then holds the winner.
 
 - Computed transposed, ``Wx^T (+ b)``: cuBLASLt's bias epilogue adds a vector along the result's
   rows, and the (out, tokens) column-major result is the (tokens, out) row-major tensor the block
