@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from timing import cuda_kernels
 
 from dart_ros.coco import COCO_CLASSES
-from dart_ros.config import DetectorConfig
+from dart_ros.config import PRECISIONS, PROMPT_MODES, DetectorConfig
 from dart_ros.detector import Detector
+from dart_ros.presets import DEFAULT_BACKBONE, list_backbones
 
 FAMILIES = (  # first match wins; names of cuBLAS/cutlass/flash/ATen kernels
     ("attention-ours", r"^_attention_kernel"),  # dart_ros.runtime.attention (Triton)
@@ -130,10 +131,10 @@ def fmt_table(title: str, t: Dict[str, object]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", default="vit_h")
+    ap.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=list_backbones())
     ap.add_argument("--classes", nargs="+", type=int, default=[4, 16])
-    ap.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
-    ap.add_argument("--prompt-mode", default="official", choices=("official", "text_only"))
+    ap.add_argument("--precision", default="bf16", choices=PRECISIONS)
+    ap.add_argument("--prompt-mode", default=DetectorConfig.prompt_mode, choices=PROMPT_MODES)
     ap.add_argument("--out", default="artifacts/profile")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dart_ros.coco import COCO_CLASSES
-from dart_ros.config import DetectorConfig
+from dart_ros.config import PRECISIONS, DetectorConfig
 from dart_ros.detector import Detector
 from dart_ros.presets import FULL_SIZE_BACKBONES
 from dart_ros.reference import reference_outputs
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backbones", nargs="+", default=list(FULL_SIZE_BACKBONES), choices=FULL_SIZE_BACKBONES)
     ap.add_argument("--classes", nargs="+", type=int, default=[1, 3, 4, 8, 16, 80])
     ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
-    ap.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"))
+    ap.add_argument("--precision", default="bf16", choices=PRECISIONS, help="compute precision of every level")
     ap.add_argument("--image-size", type=int, default=1008)
     ap.add_argument("--chunk", type=int, default=16, help="max classes per enc-dec chunk")
     ap.add_argument("--iters", type=int, default=60)

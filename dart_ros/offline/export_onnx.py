@@ -14,17 +14,21 @@ import json
 import os
 import sys
 
+from dart_ros.config import FIELD_HELP, PROMPT_MODES, DetectorConfig
 from dart_ros.model.registry import build_model
+from dart_ros.presets import DEFAULT_BACKBONE, list_backbones
 from dart_ros.runtime.onnx_export import DEFAULT_OPSET, OnnxRuntimeStages, export, parity, write_manifest
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", default="vit_h")
+    ap.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=list_backbones(), help="backbone preset")
     ap.add_argument("--image-size", type=int, default=0)
     ap.add_argument("--sam3-checkpoint", default="")
     ap.add_argument("--backbone-checkpoint", default="")
-    ap.add_argument("--prompt-mode", default="official", choices=("official", "text_only"))
+    ap.add_argument(
+        "--prompt-mode", default=DetectorConfig.prompt_mode, choices=PROMPT_MODES, help=FIELD_HELP["prompt_mode"]
+    )
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     ap.add_argument("--out-dir", default="artifacts/onnx")
     ap.add_argument("--check", default="true", choices=("true", "false"), help="onnxruntime parity vs torch")
