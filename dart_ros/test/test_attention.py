@@ -51,7 +51,7 @@ def check_flash_kernel() -> None:
         # pointer loads everywhere; TMA descriptors where there is no key mask
         for tma in (False, True) if not masked else (False,):
             assert not tma or att.tma_supported(q, k, v)
-            out = att.launch(q, k, v, heads, att._key_mask(mask, q, k), cfg, tma=tma)
+            out = att.launch(q, k, v, heads, att.key_padding_mask(mask, q, k), cfg, tma=tma)
             err = (out.float() - ref).abs().max().item()
             assert err < tol, (lq, lk, heads, d, dtype, masked, tma, err)
     # a query broadcast over the classes has no TMA descriptor: pointer loads, same result

@@ -182,7 +182,7 @@ def test_compiled_fast_vit_equals_sam3_trunk():
         fast = FastViTDetection(m.vision, m.feature_size, compile_kernels=True)
         got = fast.forward_detection(x)
     fused = fast.fast_trunk.residual_layer_norm
-    assert isinstance(fused, CompiledOrEager) and fused._compiled is not None and not fused.failed
+    assert isinstance(fused, CompiledOrEager) and fused.compiled
     torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
 
 
@@ -295,13 +295,13 @@ def test_disable_compiled_switches_every_compiled_part_to_eager():
     from dart_ros.runtime.fast_student import FastStudentDetection
 
     fast = FastStudentDetection(StudentBackbone("test_convnext", TINY, image_size=112).eval(), compile_kernels=True)
-    assert isinstance(fast._run, CompiledOrEager) and not fast._run.failed
+    assert isinstance(fast.run, CompiledOrEager) and not fast.run.failed
     x = torch.randn(1, 3, 112, 112)
     with torch.inference_mode():
         assert disable_compiled(fast)
-        assert fast._run.failed and fast._run._compiled is None  # never compiled: eager from now on
+        assert fast.run.failed and not fast.run.compiled  # never compiled: eager from now on
         assert not disable_compiled(fast)  # nothing left to switch
-        torch.testing.assert_close(fast.forward_detection(x), fast._forward(x))
+        torch.testing.assert_close(fast.forward_detection(x), fast.forward_eager(x))
 
 
 def test_failed_capture_is_retried_once_without_compiled_code():
@@ -314,8 +314,8 @@ def test_failed_capture_is_retried_once_without_compiled_code():
     calls, pools = [], []
 
     def capture():  # fails while the compiled path is in use, as a broken capture would
-        calls.append(fast._run.failed)
-        if not fast._run.failed:
+        calls.append(fast.run.failed)
+        if not fast.run.failed:
             raise RuntimeError("operation not permitted when stream is capturing")
         return "graph"
 
@@ -462,7 +462,7 @@ def test_gemm_tuner_is_torch_off_the_gpu():
     tuner = GemmTuner()
     x, w, b = torch.randn(6, 8), torch.randn(5, 8), torch.randn(5)
     torch.testing.assert_close(tuner.linear(x, w, b), torch.nn.functional.linear(x, w, b))
-    assert not tuner._plans  # nothing to plan for CPU tensors
+    assert not tuner.plans  # nothing to plan for CPU tensors
 
 
 @pytest.mark.gpu
@@ -485,7 +485,7 @@ def test_tuned_gemms_in_a_cuda_graph_equal_torch():
     ]
     tuner = blaslt.GemmTuner(candidates=8, iterations=3)
     want = [tuner.linear(x, w, b, gelu) for w, b, gelu in cases]  # eager: plans, returns torch's result
-    assert len(tuner._plans) == 3 and all(p is not None for p in tuner._plans.values())
+    assert len(tuner.plans) == 3 and all(p is not None for p in tuner.plans.values())
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     graph = torch.cuda.CUDAGraph()

@@ -532,7 +532,7 @@ def _is_bias(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor, hea
     )
 
 
-def _key_mask(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor) -> Optional[torch.Tensor]:
+def key_padding_mask(mask: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor) -> Optional[torch.Tensor]:
     """SDPA's (N, 1, 1, Lk) boolean key-padding mask as the kernel's (N, Lk); None if not of that form."""
     if mask is None or mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1):
         return None
@@ -569,7 +569,7 @@ def kernel_supports(
     if _is_bias(mask, q, k, heads):
         return k.shape[1] >= min_tokens
     # few queries without a bias: the decoder's self- and text attention
-    return (mask is None or _key_mask(mask, q, k) is not None) and q.shape[1] >= min_tokens
+    return (mask is None or key_padding_mask(mask, q, k) is not None) and q.shape[1] >= min_tokens
 
 
 def attention(
@@ -586,7 +586,7 @@ def attention(
     if kernel_supports(q, k, v, heads, mask, min_tokens):
         if _is_bias(mask, q, k, heads):
             return biased_attention(q, k, v, mask, heads)
-        return flash_attention(q, k, v, heads, _key_mask(mask, q, k))
+        return flash_attention(q, k, v, heads, key_padding_mask(mask, q, k))
     return sdpa_attention(q, k, v, heads, mask)
 
 

@@ -33,6 +33,11 @@ class CompiledOrEager:
         failed: the compiled path failed and the eager one is in use (for tests and diagnostics).
     """
 
+    @property
+    def compiled(self) -> bool:
+        """A compiled function has been built (on the first call) and is in use."""
+        return self._compiled is not None and not self.failed
+
     def __init__(self, fn: Callable, name: str, **options):
         self.fn = fn
         self.name = name

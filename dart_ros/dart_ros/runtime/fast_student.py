@@ -55,13 +55,14 @@ class FastStudentDetection(nn.Module):
         # and it recompiles, which inside CUDA-graph capture is fatal.
         with torch.inference_mode():
             self.backbone(torch.zeros(1, 3, 224, 224, device=device, dtype=dtype or torch.float32))
-        self._run = maybe_compiled(self._forward, "student backbone", compile_kernels, dynamic=False)
+        # ``run``: compiled (or eager after a compile failure); ``forward_eager`` the same, uncompiled.
+        self.run = maybe_compiled(self.forward_eager, "student backbone", compile_kernels, dynamic=False)
 
     def forward_detection(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, d_model, P, P) features (NHWC memory if channels-last)."""
-        return self._run(x)
+        return self.run(x)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.adapter(self.backbone(x)[DETECTION_LEVEL], self.size)
