@@ -3,9 +3,11 @@
 # on the workspace tools/setup.sh built. Extra arguments go to pytest (e.g. -k launch).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck disable=SC1091
-. "$ROOT/setup.bash"
-WS=$ROOT/.ros_ws
+# shellcheck source=tools/distro.sh
+. "$ROOT/tools/distro.sh"
+# shellcheck disable=SC1090
+. "$DART_SETUP"
+WS=$DART_ROS_WS
 export DART_REQUIRE_ROS=1
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( 20 + $$ % 60 ))}
 args=(colcon --log-base "$WS/log" test --base-paths "$ROOT/dart_ros" --build-base "$WS/build"

@@ -5,8 +5,10 @@
 # All options: ./tools/demo.sh --help
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck disable=SC1091
-. "$ROOT/setup.bash"
+# shellcheck source=tools/distro.sh
+. "$ROOT/tools/distro.sh"
+# shellcheck disable=SC1090
+. "$DART_SETUP"
 cd "$ROOT"
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( 20 + $$ % 60 ))}
 run=(python -m dart_ros.ros.demo "$@")

@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# ROS 2 Kilted from PyPI wheels + a colcon workspace (.ros_ws) with dart_ros_interfaces, dart_ros
-# and, when the system has none, the vision_msgs mirror in tools/vision_msgs_mirror.
-# On a machine with a real ROS install, build dart_ros_interfaces/ and dart_ros/ in your own workspace (README).
+# ROS 2 from PyPI wheels (Kilted, or Jazzy with DART_ROS_DISTRO=jazzy) + a colcon workspace with
+# dart_ros_interfaces, dart_ros and, when the system has none, the vision_msgs mirror in
+# tools/vision_msgs_mirror. On a machine with a real ROS install, build dart_ros_interfaces/ and
+# dart_ros/ in your own workspace instead (README).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${DART_VENV:-$ROOT/.venv}
-WS=$ROOT/.ros_ws
+# shellcheck source=tools/distro.sh
+. "$ROOT/tools/distro.sh"
+VENV=$DART_VENV
+WS=$DART_ROS_WS
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 
+D=$DART_ROS_DISTRO
 ROS_PKGS=(
-  "ros-kilted-rclpy[fastrtps]" ros-kilted-std-msgs ros-kilted-sensor-msgs ros-kilted-geometry-msgs
-  ros-kilted-std-srvs ros-kilted-diagnostic-msgs ros-kilted-lifecycle-msgs ros-kilted-builtin-interfaces
-  ros-kilted-ament-cmake ros-kilted-ament-cmake-python ros-kilted-ament-cmake-include-directories
-  ros-kilted-ament-package ros-kilted-rosidl-default-generators ros-kilted-rosidl-core-generators
-  ros-kilted-ament-cmake-ros-core
+  "ros-$D-rclpy[fastrtps]" "ros-$D-std-msgs" "ros-$D-sensor-msgs" "ros-$D-geometry-msgs"
+  "ros-$D-std-srvs" "ros-$D-diagnostic-msgs" "ros-$D-lifecycle-msgs" "ros-$D-builtin-interfaces"
+  "ros-$D-ament-cmake" "ros-$D-ament-cmake-python" "ros-$D-ament-cmake-include-directories"
+  "ros-$D-ament-package" "ros-$D-rosidl-default-generators" "ros-$D-rosidl-core-generators"
 )
+if [ "$D" = jazzy ]; then  # what Jazzy's rosidl_generator_py and ament_cmake_ros need besides
+  ROS_PKGS+=("ros-$D-python-cmake-module" "ros-$D-ament-cmake-ros" "ros-$D-ament-cmake-gmock"
+             "ros-$D-ament-cmake-gtest" "ros-$D-ament-cmake-pytest")
+else
+  ROS_PKGS+=("ros-$D-ament-cmake-ros-core")
+fi
 pip install -q --progress-bar off --disable-pip-version-check "${ROS_PKGS[@]}" colcon-common-extensions
 python "$ROOT/tools/fix_ros_wheel_paths.py" "$VENV"
 

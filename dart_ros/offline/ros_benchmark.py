@@ -179,7 +179,8 @@ def node_launch(
     msg_type_name: str, input_topic: str, param_items: List[str]
 ) -> Tuple[Dict[str, object], Dict[str, str]]:
     """Parameters and remappings that make the node read ``input_topic``: raw images on its ``image``
-    input, compressed ones on ``image/compressed`` with ``input_transport`` set to match."""
+    input; compressed ones, named as image_transport names them (``<base>/compressed``), through
+    ``image`` remapped to the base, with ``input_transport`` set to match."""
     import yaml
 
     params: Dict[str, object] = {}
@@ -190,7 +191,10 @@ def node_launch(
         params[name] = yaml.safe_load(value)  # as ROS reads -p values: lists, numbers, booleans
     if msg_type_name == "CompressedImage":
         params.setdefault("input_transport", "compressed")
-        return params, {"image/compressed": input_topic}
+        base, sep, _ = input_topic.rpartition("/compressed")
+        if not sep or input_topic != base + "/compressed":
+            raise SystemExit(f"compressed input {input_topic!r} must be named <base>/compressed (image_transport)")
+        return params, {"image": base}
     return params, {"image": input_topic}
 
 

@@ -53,7 +53,7 @@ def test_launch_maps_arguments_onto_parameters_and_remaps():
     [node, rviz] = detector_launch(
         backbone="vit_h", image="/cam/color", compressed=True, use_rviz=True, directory=CONFIG
     )
-    assert node.remappings == [("image/compressed", "/cam/color/compressed")]
+    assert node.remappings == [("image", "/cam/color")]  # the node subscribes to /cam/color/compressed
     assert node.parameters[-1] == {"input_transport": "compressed"}
     assert rviz.executable == "rviz2" and rviz.arguments[1].endswith("dart.rviz")
     [lc] = detector_launch(backbone="tiny", lifecycle=True, autostart=False, directory=CONFIG)
@@ -133,3 +133,73 @@ def test_nothing_outside_the_detector_reaches_into_its_privates():
             ):
                 uses.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} .{node.attr}")
     assert not uses, uses
+
+
+# A value other than the default for every launch argument (autostart matters only with lifecycle).
+NON_DEFAULT = {
+    "backbone": "repvit_m2_3",
+    "image": "/cam/other",
+    "compressed": "true",
+    "classes": "person, forklift",
+    "sam3_checkpoint": "/m/sam3.pt",
+    "backbone_checkpoint": "/m/student.pt",
+    "device": "cpu",
+    "params_file": "/m/extra.yaml",
+    "namespace": "robot1",
+    "node_name": "det",
+    "use_sim_time": "true",
+    "use_rviz": "true",
+    "lifecycle": "true",
+    "autostart": "false",
+}
+
+
+def test_every_declared_launch_argument_changes_what_is_launched():
+    from dart_ros.ros.launch_logic import LAUNCH_ARGUMENTS, launch_from_arguments
+
+    assert set(NON_DEFAULT) == set(LAUNCH_ARGUMENTS)
+    for name, value in NON_DEFAULT.items():
+        base = {"lifecycle": "true"} if name == "autostart" else {}
+        assert launch_from_arguments({**base, name: value}, CONFIG) != launch_from_arguments(base, CONFIG), name
+    with pytest.raises(ValueError, match="unknown launch arguments: imagee"):
+        launch_from_arguments({"imagee": "/x"}, CONFIG)
+    with pytest.raises(ValueError, match="must be true or false"):
+        launch_from_arguments({"use_rviz": "yes please"}, CONFIG)
+
+
+def test_the_launch_file_declares_the_tested_arguments_and_nothing_else():
+    src = open(os.path.join(ROOT, "launch", "detector.launch.py")).read()
+    assert "launch_from_arguments(values)" in src and "LAUNCH_ARGUMENTS.items()" in src
+    assert "DeclareLaunchArgument(k" in src and src.count("DeclareLaunchArgument(") == 1  # the loop only
+
+
+def test_sim_time_reaches_the_node_and_rviz():
+    from dart_ros.ros.launch_logic import launch_from_arguments
+
+    node, rviz = launch_from_arguments({"use_sim_time": "true", "use_rviz": "true"}, CONFIG)
+    assert node.parameters[-1]["use_sim_time"] is True and rviz.parameters == [{"use_sim_time": True}]
+    [node] = launch_from_arguments({}, CONFIG)
+    assert all("use_sim_time" not in p for p in node.parameters if isinstance(p, dict))
+
+
+def test_rviz_shows_the_annotated_image_of_this_node():
+    from dart_ros.ros.launch_logic import launch_from_arguments
+
+    [_, rviz] = launch_from_arguments({"use_rviz": "true"}, CONFIG)
+    assert rviz.arguments == ["-d", os.path.join(CONFIG, "dart.rviz")]
+    assert "/dart/image_annotated" in open(rviz.arguments[1]).read()
+    [_, rviz] = launch_from_arguments({"use_rviz": "true", "namespace": "/robot1/", "node_name": "det"}, CONFIG)
+    text = open(rviz.arguments[1]).read()
+    assert "/robot1/det/image_annotated" in text and "/dart/image_annotated" not in text
+
+
+def test_node_launch_ros_args_are_what_launch_ros_passes():
+    from dart_ros.ros.launch_logic import launch_from_arguments
+
+    [node] = launch_from_arguments(
+        {"backbone": "tiny", "namespace": "robot1", "node_name": "det", "image": "/cam/x", "classes": "a, b"}, CONFIG
+    )
+    args = node.ros_args()
+    assert args[:3] == ["--ros-args", "--params-file", os.path.join(CONFIG, "tiny.yaml")]
+    assert ["-p", 'classes:=["a", "b"]'] == args[3:5]
+    assert args[5:] == ["-r", "__node:=det", "-r", "__ns:=/robot1", "-r", "image:=/cam/x"]

@@ -5,6 +5,9 @@ services from its own rclpy context and checks what comes back.
 """
 
 import itertools
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -125,6 +128,8 @@ def test_detections_carry_the_exact_header_and_source_pixel_boxes(ros, rng, enco
         assert -1e-6 <= c.y - sy / 2 and c.y + sy / 2 <= h + 1e-6
         hyp = d.results[0].hypothesis
         assert hyp.class_id in ("person", "car") and 0.0 <= hyp.score <= 1.0
+        pose = d.results[0].pose.pose  # metric by definition: no pixel values in it
+        assert (pose.position.x, pose.position.y, pose.position.z) == (0.0, 0.0, 0.0)
         assert d.id == ""
 
 
@@ -324,7 +329,7 @@ def test_compressed_input_and_qos_mismatch_warning(rng, tmp_path):
             no_input_warn_s=1.0,
             pipelining=True,
         ),
-        remaps={"image/compressed": "/cam/image/compressed"},
+        remaps={"image": "/cam/image"},  # image_transport naming: the node listens on /cam/image/compressed
     )
     client = RosClient("dart_test_compressed")
     try:
@@ -546,3 +551,59 @@ def test_lifecycle_node_transitions(tmp_path, rng):
     finally:
         client.close()
         node.stop()
+
+
+def test_the_node_started_as_the_launch_file_starts_it(rng, tmp_path):
+    """The launch logic's node — installed executable, the preset's parameter file, argument
+    overrides, name, namespace, remapping — serves its topics over real DDS."""
+    require_ros()
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray, LabelInfo
+
+    from dart_ros.ros.launch_logic import launch_from_arguments
+
+    [spec] = launch_from_arguments(
+        {"backbone": "tiny", "namespace": "robot1", "node_name": "det", "image": "/cam/launch", "classes": "dog, cat"}
+    )
+    node = RosProcess.from_command(spec.command(), log_path=str(tmp_path / "launched.log"))
+    client = RosClient("dart_test_launched")
+    try:
+        dets, labels = Collector(), Collector()
+        n = client.node
+        n.create_subscription(Detection2DArray, "/robot1/det/detections", dets, 10)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        n.create_subscription(LabelInfo, "/robot1/det/label_info", labels, latched)
+        pub = n.create_publisher(Image, "/cam/launch", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        client.spin_until(lambda: pub.get_subscription_count() > 0, 90, "the launched node's subscription")
+        msg = image_msg(rng, 120, 160, frame_id="launched")
+        publish_until(client, pub, msg, lambda: dets.find(lambda d: same_header(d.header, msg.header)), 30)
+        client.spin_until(lambda: labels.msgs, 10, "label info")
+        assert [c.class_name for c in labels.msgs[-1].class_map] == ["dog", "cat"]  # the override
+        assert labels.msgs[-1].threshold == pytest.approx(0.3)  # from config/tiny.yaml
+    finally:
+        client.close()
+        node.stop()
+
+
+EXECUTABLES = [
+    ["-m", "dart_ros.ros.node"],
+    ["-m", "dart_ros.ros.lifecycle_node"],
+    ["-m", "dart_ros.ros.player"],
+    ["-m", "dart_ros.ros.bag_play"],
+    ["-m", "dart_ros.ros.demo"],
+    ["-m", "dart_ros.cli"],
+] + [[os.path.join("offline", f)] for f in sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "offline")))]
+
+
+@pytest.mark.parametrize("argv", EXECUTABLES, ids=lambda a: a[-1])
+def test_every_executable_answers_help(argv):
+    """``--help`` prints what the executable takes and exits, whatever it is (no node is started)."""
+    require_ros()
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, *argv, "--help"], capture_output=True, text=True, timeout=120, cwd=pkg)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
+    assert ("usage:" in out) or ("Parameters (--ros-args" in out), out[:500]
+    if "Parameters (--ros-args" in out:
+        assert "\n  " in out.split("Parameters (--ros-args", 1)[1]  # at least one parameter listed

@@ -51,16 +51,19 @@ def _tool():
     return mod
 
 
-@pytest.mark.parametrize("msg_type, remapped", [("Image", "image"), ("CompressedImage", "image/compressed")])
-def test_the_started_node_reads_the_played_topic(msg_type, remapped):
+@pytest.mark.parametrize("msg_type, topic", [("Image", "/cam/x"), ("CompressedImage", "/cam/x/compressed")])
+def test_the_started_node_reads_the_played_topic(msg_type, topic):
     params, remaps = _tool().node_launch(
-        msg_type, "/cam/x", ["backbone=tiny", "classes=[a, b]", "confidence_threshold=0.2"]
+        msg_type, topic, ["backbone=tiny", "classes=[a, b]", "confidence_threshold=0.2"]
     )
-    assert remaps == {remapped: "/cam/x"}
+    assert remaps == {"image": "/cam/x"}  # image_transport naming: the node appends /compressed
     assert params["backbone"] == "tiny" and params["classes"] == ["a", "b"] and params["confidence_threshold"] == 0.2
     assert params.get("input_transport") == ("compressed" if msg_type == "CompressedImage" else None)
     with pytest.raises(SystemExit):
-        _tool().node_launch(msg_type, "/cam/x", ["backbone"])
+        _tool().node_launch(msg_type, topic, ["backbone"])
+    if msg_type == "CompressedImage":
+        with pytest.raises(SystemExit, match="must be named"):
+            _tool().node_launch(msg_type, "/cam/jpeg", [])
 
 
 def test_rate_search_and_fixed_rates_against_the_node(tmp_path):

@@ -25,8 +25,9 @@ def array_to_image_msg(rgb: np.ndarray, header):
 def detections_to_msg(dets, header):
     """:class:`dart_ros.types.Detections` -> vision_msgs/Detection2DArray with ``header`` copied.
 
-    ``class_id`` is the class name; bbox center/size are source-image pixels; the hypothesis pose
-    carries the box centre for tools that read it; ``id`` stays empty (no tracking).
+    ``class_id`` is the class name; bbox center/size are source-image pixels. The hypothesis pose
+    is metric (metres in the camera frame) by the message's definition, which a 2D detector does
+    not know: it stays empty (zero, identity orientation). ``id`` stays empty (no tracking).
     """
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
@@ -45,8 +46,6 @@ def detections_to_msg(dets, header):
         hyp = ObjectHypothesisWithPose()
         hyp.hypothesis.class_id = names[cid]
         hyp.hypothesis.score = float(score)
-        hyp.pose.pose.position.x = d.bbox.center.position.x
-        hyp.pose.pose.position.y = d.bbox.center.position.y
         d.results.append(hyp)
         out.detections.append(d)
     return out

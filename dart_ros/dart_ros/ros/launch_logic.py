@@ -1,7 +1,8 @@
 """What ``launch/detector.launch.py`` starts, as plain Python (testable without ``launch``).
 
-``backbone:=<preset>`` selects ``config/<preset>.yaml``; launch arguments override single
-parameters on top of it; ``image:=`` remaps the input topic.
+The launch file declares :data:`LAUNCH_ARGUMENTS` and hands their values to
+:func:`launch_from_arguments`. ``backbone:=<preset>`` selects ``config/<preset>.yaml``; launch
+arguments override single parameters on top of it; ``image:=`` remaps the input topic.
 """
 
 from __future__ import annotations
@@ -24,6 +25,32 @@ class NodeLaunch:
     parameters: List[object]  # YAML paths and dicts, applied in order
     remappings: List[Tuple[str, str]]
     arguments: List[str] = dataclasses.field(default_factory=list)
+
+    def ros_args(self) -> List[str]:
+        """The command-line arguments launch_ros gives the executable: ``--ros-args`` with the
+        parameter files and values in order, the node name, the namespace and the remappings."""
+        from dart_ros.ros.process import ros_literal
+
+        out = list(self.arguments) + ["--ros-args"]
+        for p in self.parameters:
+            if isinstance(p, dict):
+                for k, v in p.items():
+                    out += ["-p", f"{k}:={ros_literal(v)}"]
+            else:
+                out += ["--params-file", str(p)]
+        out += ["-r", f"__node:={self.name}"]
+        if self.namespace:
+            out += ["-r", f"__ns:=/{self.namespace.strip('/')}"]
+        for a, b in self.remappings:
+            out += ["-r", f"{a}:={b}"]
+        return out
+
+    def command(self) -> List[str]:
+        """The installed executable (ament index) with :meth:`ros_args`, as ``ros2 launch`` runs it."""
+        from ament_index_python.packages import get_package_prefix
+
+        exe = os.path.join(get_package_prefix(self.package), "lib", self.package, self.executable)
+        return [exe] + self.ros_args()
 
 
 def parse_classes(text: str) -> List[str]:
@@ -56,6 +83,81 @@ def preset_file(backbone: str, directory: Optional[str] = None) -> str:
     return path
 
 
+# The launch file's arguments: name -> (default, description). Values arrive as strings.
+LAUNCH_ARGUMENTS: Dict[str, Tuple[str, str]] = {
+    "backbone": (DEFAULT_BACKBONE, "one of: " + ", ".join(LAUNCH_BACKBONES)),
+    "image": ("/camera/image_raw", "input image topic (sensor_msgs/Image; the base topic with compressed:=true)"),
+    "compressed": ("false", "subscribe <image>/compressed (sensor_msgs/CompressedImage) instead"),
+    "classes": ("", 'vocabulary, e.g. "person, forklift" (default: the preset\'s)'),
+    "sam3_checkpoint": ("", "path of sam3.pt (empty: the preset file's value)"),
+    "backbone_checkpoint": ("", "DART student or pruned checkpoint"),
+    "device": ("", "cuda, cuda:1, cpu (empty: the preset's)"),
+    "params_file": ("", "extra parameter YAML applied after the preset"),
+    "namespace": ("", "namespace of the node"),
+    "node_name": ("dart", "node name (services: /<node_name>/set_classes)"),
+    "use_sim_time": ("false", "use /clock (bag replay with --clock)"),
+    "use_rviz": ("false", "start RViz showing the annotated image"),
+    "lifecycle": ("false", "run the managed (lifecycle) node"),
+    "autostart": ("true", "lifecycle node: configure and activate at start"),
+}
+
+
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"{name}:={text} must be true or false")
+    return value == "true"
+
+
+def launch_from_arguments(values: Dict[str, str], directory: Optional[str] = None) -> List["NodeLaunch"]:
+    """The nodes for launch argument values as ``ros2 launch`` hands them over (strings; missing
+    ones take their defaults)."""
+    unknown = sorted(set(values) - set(LAUNCH_ARGUMENTS))
+    if unknown:
+        raise ValueError(f"unknown launch arguments: {', '.join(unknown)}")
+    v = {k: values.get(k, default) for k, (default, _) in LAUNCH_ARGUMENTS.items()}
+    return detector_launch(
+        backbone=v["backbone"],
+        image=v["image"],
+        classes=v["classes"],
+        namespace=v["namespace"],
+        node_name=v["node_name"],
+        sam3_checkpoint=v["sam3_checkpoint"],
+        backbone_checkpoint=v["backbone_checkpoint"],
+        device=v["device"],
+        compressed=_flag("compressed", v["compressed"]),
+        params_file=v["params_file"],
+        use_sim_time=_flag("use_sim_time", v["use_sim_time"]),
+        use_rviz=_flag("use_rviz", v["use_rviz"]),
+        lifecycle=_flag("lifecycle", v["lifecycle"]),
+        autostart=_flag("autostart", v["autostart"]),
+        directory=directory,
+    )
+
+
+def node_topic(namespace: str, node_name: str, name: str) -> str:
+    """The absolute name of the node's private topic ``~/<name>``."""
+    ns = "/".join(p for p in namespace.split("/") if p)
+    return "/" + "/".join(p for p in (ns, node_name, name) if p)
+
+
+def rviz_config(template: str, namespace: str, node_name: str) -> str:
+    """The RViz config with the annotated image topic of this node (the shipped file names the
+    default ``/dart/image_annotated``); a file of its own only where that differs."""
+    topic = node_topic(namespace, node_name, "image_annotated")
+    default = node_topic("", "dart", "image_annotated")
+    if topic == default:
+        return template
+    with open(template) as f:
+        text = f.read()
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="dart_", suffix=".rviz")
+    with os.fdopen(fd, "w") as f:
+        f.write(text.replace(default, topic))
+    return path
+
+
 def detector_launch(
     backbone: str = DEFAULT_BACKBONE,
     image: str = "/camera/image_raw",
@@ -67,6 +169,7 @@ def detector_launch(
     device: str = "",
     compressed: bool = False,
     params_file: str = "",
+    use_sim_time: bool = False,
     use_rviz: bool = False,
     lifecycle: bool = False,
     autostart: bool = True,
@@ -84,19 +187,22 @@ def detector_launch(
         overrides["device"] = device
     if compressed:
         overrides["input_transport"] = "compressed"
+    if use_sim_time:
+        overrides["use_sim_time"] = True
     params: List[object] = [preset_file(backbone, directory)]
     if params_file:
         params.append(os.path.expanduser(params_file))
     if overrides:
         params.append(overrides)
-    topic = "image/compressed" if compressed else "image"
-    source = image.rstrip("/") + "/compressed" if compressed and not image.endswith("/compressed") else image
+    # The base topic, as image_transport takes it: the node appends /compressed itself.
+    source = image[: -len("/compressed")] if image.endswith("/compressed") else image
     executable = "detector_node"
     if lifecycle:
         executable = "detector_lifecycle_node"
         params.append({"autostart": autostart})
-    nodes = [NodeLaunch("dart_ros", executable, node_name, namespace, params, [(topic, source)])]
+    nodes = [NodeLaunch("dart_ros", executable, node_name, namespace, params, [("image", source)])]
     if use_rviz:
-        rviz = os.path.join(directory or config_dir(), "dart.rviz")
-        nodes.append(NodeLaunch("rviz2", "rviz2", "rviz2", namespace, [], [], ["-d", rviz]))
+        rviz = rviz_config(os.path.join(directory or config_dir(), "dart.rviz"), namespace, node_name)
+        rviz_params: List[object] = [{"use_sim_time": True}] if use_sim_time else []
+        nodes.append(NodeLaunch("rviz2", "rviz2", "rviz2", namespace, rviz_params, [], ["-d", rviz]))
     return nodes

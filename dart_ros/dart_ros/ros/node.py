@@ -3,8 +3,9 @@
     python -m dart_ros.ros.node --ros-args -p backbone:=repvit_m2_3 -p classes:="[person, forklift]" \
         -r image:=/camera/image_raw
 
-Subscribes ``image`` (sensor_msgs/Image) or ``image/compressed``; publishes ``~/detections``
-(vision_msgs/Detection2DArray, input header copied exactly), ``~/label_info`` (latched),
+Subscribes ``image`` (sensor_msgs/Image) or ``<image>/compressed`` (image_transport's naming);
+publishes ``~/detections`` (vision_msgs/Detection2DArray, input header copied exactly),
+``~/label_info`` (latched),
 ``~/image_annotated`` (only while subscribed) and ``/diagnostics``. Services ``~/set_classes``
 (dart_ros_interfaces/srv/SetClasses) and ``~/enable`` (std_srvs/SetBool).
 
@@ -56,8 +57,11 @@ class DetectorWiring:
         self._last_annotated = 0.0
         self._received_since_check = 0
         self._input_warned = False
-        topic = "image/compressed" if self.cfg.input_transport == "compressed" else "image"
-        self.input_topic = self.resolve_topic_name(topic)
+        # As image_transport names it: the base topic ``image`` is resolved (namespace, remapping),
+        # then the transport's suffix appended, so ``-r image:=/cam/color`` gives /cam/color/compressed.
+        self.input_topic = self.resolve_topic_name("image")
+        if self.cfg.input_transport == "compressed":
+            self.input_topic = self.input_topic.rstrip("/") + "/compressed"
         # Callback groups: a slow vocabulary swap must not block image reception.
         self._image_group = MutuallyExclusiveCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
@@ -434,6 +438,12 @@ def _forward_python_logging(ros_logger) -> None:
 
 def spin_node(factory: Callable[[], DetectorWiring], args=None, on_start: Callable = lambda node: None) -> None:
     """The portable rclpy main (Humble to Kilted): init, build, spin on 4 threads, shut down."""
+    import sys
+
+    from dart_ros.ros.cli_help import exit_with_help_if_asked
+    from dart_ros.ros.params import parameter_help
+
+    exit_with_help_if_asked(sys.modules[factory.__module__].__doc__, parameter_help(), args)
     rclpy.init(args=args)
     node: Optional[DetectorWiring] = None
     try:

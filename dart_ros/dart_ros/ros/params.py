@@ -21,7 +21,8 @@ class NodeConfig:
 
     Attributes:
         input_transport: ``raw`` (sensor_msgs/Image on ``image``) or ``compressed``
-            (sensor_msgs/CompressedImage on ``image/compressed``).
+            (sensor_msgs/CompressedImage on ``<image>/compressed``: the resolved ``image`` topic plus
+            ``/compressed``, as image_transport names it).
         qos_reliability / qos_depth: input QoS. Best effort (default) receives from reliable and
             best-effort publishers; depth 1 keeps only the newest frame.
         enabled: run inference (toggle with the ``~/enable`` service).
@@ -52,6 +53,28 @@ class NodeConfig:
         if self.annotate_max_rate_hz < 0 or self.diagnostics_period_s <= 0 or self.no_input_warn_s <= 0:
             raise ValueError("annotate_max_rate_hz must be >= 0; diagnostics_period_s and no_input_warn_s > 0")
         return self
+
+
+NODE_FIELD_HELP = {
+    "input_transport": "raw (sensor_msgs/Image on image) or compressed (<image>/compressed)",
+    "qos_reliability": "input QoS: best_effort (receives from any publisher) or reliable",
+    "qos_depth": "input queue depth (1: only the newest frame)",
+    "enabled": "run inference (also the ~/enable service)",
+    "annotate_max_rate_hz": "cap on ~/image_annotated in Hz (0: every processed frame)",
+    "diagnostics_period_s": "period of /diagnostics reports in seconds",
+    "no_input_warn_s": "warn when a publisher exists but no image arrived for this many seconds",
+    "pipelining": "overlap consecutive frames on two CUDA streams (one frame more latency)",
+    "nms_groups": "grouped NMS: 'car,truck;person,rider'",
+}
+
+
+def parameter_help() -> List[Tuple[str, Any, str]]:
+    """(name, default, meaning) of every node parameter, for ``--help``."""
+    out = []
+    for owner, cfg, f in parameter_fields():
+        text = (FIELD_HELP if owner == "detector" else NODE_FIELD_HELP).get(f.name, "")
+        out.append((f.name, getattr(cfg, f.name), text))
+    return out
 
 
 NODE_RUNTIME_FIELDS = ("enabled", "annotate_max_rate_hz", "nms_groups", "no_input_warn_s")

@@ -56,22 +56,29 @@ def encode(rgb: np.ndarray, encoding: str) -> bytes:
 
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
+# name -> (default, meaning): the player's parameters.
+PARAMETERS = {
+    "rate_hz": (10.0, "frames per second"),
+    "width": (640, "test pattern width in pixels"),
+    "height": (480, "test pattern height in pixels"),
+    "encoding": ("rgb8", "one of " + ", ".join(CHANNELS)),
+    "frames": (0, "frames to publish (0: forever)"),
+    "frame_id": ("camera", "header.frame_id"),
+    "image_dir": ("", "publish the images of this folder instead of the test pattern"),
+    "compressed": (False, "publish JPEG CompressedImage on <image>/compressed"),
+    "reliable": (False, "reliable QoS (default best effort)"),
+    "wait_for_subscribers": (0, "start once this many subscribers matched (no frame lost to discovery)"),
+}
+
 
 class ImagePlayer(Node):
     def __init__(self):
         super().__init__("image_player")
-        p = self.declare_parameter
-        self.rate_hz = p("rate_hz", 10.0).value
-        self.width = p("width", 640).value
-        self.height = p("height", 480).value
-        self.encoding = p("encoding", "rgb8").value
-        self.frames = p("frames", 0).value  # 0 = forever
-        self.frame_id = p("frame_id", "camera").value
-        self.image_dir = p("image_dir", "").value
-        self.compressed = p("compressed", False).value
-        reliable = p("reliable", False).value
-        # Start publishing only once this many subscribers matched (no frame lost to discovery).
-        self.wait_subscribers = p("wait_for_subscribers", 0).value
+        v = {name: self.declare_parameter(name, default).value for name, (default, _) in PARAMETERS.items()}
+        self.rate_hz, self.width, self.height = v["rate_hz"], v["width"], v["height"]
+        self.encoding, self.frames, self.frame_id = v["encoding"], v["frames"], v["frame_id"]
+        self.image_dir, self.compressed, reliable = v["image_dir"], v["compressed"], v["reliable"]
+        self.wait_subscribers = v["wait_for_subscribers"]
         if self.encoding not in CHANNELS:
             raise ValueError(f"encoding must be one of {sorted(CHANNELS)}")
         self.files = (
@@ -85,7 +92,8 @@ class ImagePlayer(Node):
         from sensor_msgs.msg import CompressedImage, Image
 
         if self.compressed:
-            self.pub = self.create_publisher(CompressedImage, "image/compressed", qos)
+            # image_transport's naming: the resolved base topic plus /compressed
+            self.pub = self.create_publisher(CompressedImage, self.resolve_topic_name("image") + "/compressed", qos)
         else:
             self.pub = self.create_publisher(Image, "image", qos)
         self.index = 0
@@ -126,6 +134,9 @@ class ImagePlayer(Node):
 
 
 def main(args=None) -> None:
+    from dart_ros.ros.cli_help import exit_with_help_if_asked
+
+    exit_with_help_if_asked(__doc__, [(k, d, m) for k, (d, m) in PARAMETERS.items()], args)
     rclpy.init(args=args)
     node = None
     try:

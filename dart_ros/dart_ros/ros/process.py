@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 
 def ros_literal(v) -> str:
@@ -41,6 +41,16 @@ class RosProcess:
             args += ["-r", f"{a}:={b}"]
         if name:
             args += ["-r", f"__node:={name}"]
+        self._start(args, log_path)
+
+    @classmethod
+    def from_command(cls, command: List[str], log_path: str = "") -> "RosProcess":
+        """A process of a complete command line (e.g. ``NodeLaunch.command()``)."""
+        self = cls.__new__(cls)
+        self._start(list(command), log_path)
+        return self
+
+    def _start(self, args: List[str], log_path: str) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "w") if log_path else subprocess.DEVNULL
