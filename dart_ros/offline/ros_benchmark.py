@@ -315,7 +315,16 @@ def run(args) -> Dict[str, object]:
             return r
 
         print(f"rate search on [{args.lower:g}, {args.upper:g}] Hz", flush=True)
-        found: SearchResult = search_max_rate(probe, args.lower, args.upper, args.width, args.step)
+        found: SearchResult = search_max_rate(
+            probe,
+            args.lower,
+            args.upper,
+            args.width,
+            args.step,
+            binary_tolerance=args.rate_tolerance,
+            linear_tolerance=args.rate_tolerance / 2,
+            max_missed_fraction=args.max_missed,
+        )
         fixed = sorted(
             {r for r in args.fixed_rates if found.max_rate_hz and r <= 1.05 * found.max_rate_hz}
             | ({found.max_rate_hz} if found.max_rate_hz else set())
@@ -381,6 +390,16 @@ def main(argv=None) -> int:
     ap.add_argument("--upper", type=float, default=120.0, help="search: highest rate (Hz)")
     ap.add_argument("--width", type=float, default=4.0, help="search: binary search stops at this window (Hz)")
     ap.add_argument("--step", type=float, default=2.0, help="search: linear scan step (Hz)")
+    ap.add_argument(
+        "--rate-tolerance",
+        type=float,
+        default=0.1,
+        help="a probe passes with its output rate at least (1 - this) x the playback rate (a fraction; the "
+        "final linear scan uses half of it)",
+    )
+    ap.add_argument(
+        "--max-missed", type=float, default=0.05, help="a probe passes with at most this fraction of frames unanswered"
+    )
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of playback per probe")
     ap.add_argument("--min-frames", type=int, default=10, help="frames per probe at least")
     ap.add_argument("--drain-s", type=float, default=3.0, help="wait for late detections after a probe")

@@ -258,32 +258,58 @@ def test_annotated_image_only_while_subscribed(ros, rng):
     assert (ann.height, ann.width, ann.encoding) == (80, 120, "rgb8")
     ros.client.node.destroy_subscription(sub)
 
+    from sensor_msgs.msg import CompressedImage
+
+    jpegs = Collector()
+    sub = ros.client.node.create_subscription(CompressedImage, "/dart/image_annotated/compressed", jpegs, 5)
+    msg = image_msg(rng, 80, 120, frame_id="annotated_jpeg")
+    publish_until(ros.client, ros.pub, msg, lambda: jpegs.find(lambda m: same_header(m.header, msg.header)), 20, "jpeg")
+    jpeg = jpegs.find(lambda m: same_header(m.header, msg.header))
+    import cv2
+
+    assert "jpeg" in jpeg.format
+    assert cv2.imdecode(np.frombuffer(jpeg.data, np.uint8), cv2.IMREAD_COLOR).shape == (80, 120, 3)
+    ros.client.node.destroy_subscription(sub)
+
 
 def _annotated_subs(ros):
     return sum(1 for _ in ros.client.node.get_subscriptions_info_by_topic("/dart/image_annotated"))
 
 
 def test_node_survives_bad_input_and_reports_it(ros, rng):
+    from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
 
     bad = [
-        image_msg(rng, 40, 40, "yuv422"),
+        image_msg(rng, 40, 40, "32FC1"),
         image_msg(rng, 40, 40, "rgb8", data=b"\x01\x02\x03"),
         image_msg(rng, 1, 1, "rgb8"),
-        image_msg(rng, 40, 40, "16UC1"),
+        image_msg(rng, 40, 40, "bayer_rggb16"),
     ]
     weird = Image(height=10, width=10, encoding="rgb8", step=5)  # step smaller than a row
     weird.data = bytes(300)
     bad.append(weird)
-    for m in bad:
-        ros.pub.publish(m)
-        ros.client.spin_for(0.3)
-    status = latest_diagnostics(ros, lambda s: int(s["bad_inputs"]) >= 5)
+    diagnostics = Collector()
+    sub = ros.client.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 50)
+
+    def bad_inputs():
+        return max((int(_status(m)["bad_inputs"]) for m in diagnostics.msgs), default=-1)
+
+    try:
+        ros.client.spin_until(lambda: bad_inputs() >= 0, 10, "diagnostics")
+        for m in bad:  # each until it is counted: only the newest frame is kept, best effort
+            before = bad_inputs()
+            publish_until(ros.client, ros.pub, m, lambda before=before: bad_inputs() > before, 20, "bad input counted")
+        status = _status(diagnostics.msgs[-1])
+    finally:
+        ros.client.node.destroy_subscription(sub)
     assert status["level"] >= 1 and "bad input" in status["message"]
     assert ros.node.alive()
     assert len(send_and_wait(ros, image_msg(rng, 64, 64)).detections) > 0
     log = ros.node.log()
-    assert log.count("unsupported image encoding 'yuv422'") == 1  # logged once, not per frame
+    assert log.count("unsupported image encoding '32FC1'") == 1  # logged once, not per frame
+    assert log.count("image data has 3 bytes") == 1  # its own reason, not hidden behind another's
+    assert log.count("pixels is too small") == 1
 
 
 def test_diagnostics_report_rates_and_latencies(ros, rng):
@@ -372,8 +398,8 @@ def test_compressed_input_and_qos_mismatch_warning(rng, tmp_path):
                 f"{fmt} detections",
             )
         garbage = compressed("jpeg", data=b"\xff\xd8 not a jpeg")
-        reliable.publish(garbage)
-        client.spin_for(1.0)
+        # until the node has seen it: only the newest frame is kept, and a busy worker may skip it
+        publish_until(client, reliable, garbage, lambda: "cannot decode compressed image" in node.log(), 20, "garbage")
         m = compressed()
         publish_until(
             client,
@@ -424,6 +450,7 @@ def test_node_starts_from_a_launch_preset_file(tmp_path):
         node.stop()
 
 
+@pytest.mark.flaky(reruns=2)  # timing over DDS on a shared CPU: see test_ros_benchmark.py
 def test_bag_replay_reaches_the_node_with_recorded_headers(ros, tmp_path):
     """A rosbag2 (mcap) written with rosbags, replayed by dart_ros.ros.bag_play into the node."""
     from rosbags.rosbag2 import StoragePlugin, Writer

@@ -22,6 +22,22 @@ def array_to_image_msg(rgb: np.ndarray, header):
     return msg
 
 
+def array_to_compressed_msg(rgb: np.ndarray, header, quality: int = 80):
+    """An RGB image as a JPEG sensor_msgs/CompressedImage (format ``rgb8; jpeg compressed bgr8``,
+    as image_transport's compressed publisher writes it)."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    msg = CompressedImage()
+    msg.header = header
+    msg.format = "rgb8; jpeg compressed bgr8"
+    msg.data = buf.tobytes()
+    return msg
+
+
 def detections_to_msg(dets, header):
     """:class:`dart_ros.types.Detections` -> vision_msgs/Detection2DArray with ``header`` copied.
 

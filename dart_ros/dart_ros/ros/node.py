@@ -6,7 +6,8 @@
 Subscribes ``image`` (sensor_msgs/Image) or ``<image>/compressed`` (image_transport's naming);
 publishes ``~/detections`` (vision_msgs/Detection2DArray, input header copied exactly),
 ``~/label_info`` (latched),
-``~/image_annotated`` (only while subscribed) and ``/diagnostics``. Services ``~/set_classes``
+``~/image_annotated`` and ``~/image_annotated/compressed`` (JPEG; each only while subscribed)
+and ``/diagnostics``. Services ``~/set_classes``
 (dart_ros_interfaces/srv/SetClasses) and ``~/enable`` (std_srvs/SetBool).
 
 Only the newest frame is kept; inference runs on a worker thread, never on the executor.
@@ -88,18 +89,23 @@ class DetectorWiring:
         )
         from dart_ros_interfaces.srv import SetClasses
         from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CompressedImage, Image
         from std_srvs.srv import SetBool
         from vision_msgs.msg import Detection2DArray, LabelInfo
 
         self.pub_detections = self.create_publisher(Detection2DArray, "~/detections", 10)
         self.pub_label_info = self.create_publisher(LabelInfo, "~/label_info", latched)
         self.pub_annotated = self.create_publisher(Image, "~/image_annotated", 2)
+        # image_transport's compressed variant of the same topic: JPEG, for viewing over Wi-Fi
+        self.pub_annotated_jpeg = self.create_publisher(
+            CompressedImage, self.resolve_topic_name("~/image_annotated") + "/compressed", 2
+        )
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._owned = [
             self.pub_detections,
             self.pub_label_info,
             self.pub_annotated,
+            self.pub_annotated_jpeg,
             self.pub_diagnostics,
             self.create_service(SetClasses, "~/set_classes", self._on_set_classes, callback_group=self._service_group),
             self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self._service_group),
@@ -237,7 +243,9 @@ class DetectorWiring:
         self._maybe_annotate(arr, layout, dets, header)
 
     def _maybe_annotate(self, arr, layout, dets, header) -> None:
-        if self.pub_annotated.get_subscription_count() == 0:
+        raw = self.pub_annotated.get_subscription_count() > 0
+        jpeg = self.pub_annotated_jpeg.get_subscription_count() > 0
+        if not (raw or jpeg):
             return
         now = time.monotonic()
         rate = self.cfg.annotate_max_rate_hz
@@ -247,7 +255,10 @@ class DetectorWiring:
         from dart_ros.visualize import draw_detections
 
         rgb = draw_detections(image_decode.to_rgb(arr, layout), dets)
-        self.pub_annotated.publish(conversions.array_to_image_msg(rgb, header))
+        if raw:
+            self.pub_annotated.publish(conversions.array_to_image_msg(rgb, header))
+        if jpeg:
+            self.pub_annotated_jpeg.publish(conversions.array_to_compressed_msg(rgb, header))
         self.stats.on_annotated()
 
     def _check_input(self) -> None:
