@@ -103,8 +103,9 @@ class StreamPipeline:
         t0 = time.perf_counter()
         frame = self._upload(hwc)
         prev = self._pending
-        new = self._backbone(frame, color, t0)  # behind prev's encoder
-        new.vocab, new.prompt, new.geometry_token, new.meta = vocab, prompt, geometry_token, meta
+        slot = self._slot
+        feats, info, ev_start, ev_bb = self._backbone(frame, color, slot)  # behind prev's encoder
+        new = _InFlight(slot, feats, info, vocab, prompt, geometry_token, meta, t0, ev_start, ev_bb)
         self._pending, self._slot = new, self._slot ^ 1  # whatever happens to prev, this frame is not lost
         try:
             out = [self._finish(prev)] if prev is not None else []
@@ -131,10 +132,10 @@ class StreamPipeline:
         self.bb_stream.wait_stream(torch.cuda.current_stream(self.device))  # produced on the caller's stream
         return hwc
 
-    def _backbone(self, frame: torch.Tensor, color: str, t0: float) -> _InFlight:
+    def _backbone(self, frame: torch.Tensor, color: str, slot: int):
         """Queue preprocessing and backbone of a frame on the backbone stream, behind everything
-        the enc-dec stream has queued (the previous frame's encoder)."""
-        slot = self._slot
+        the enc-dec stream has queued (the previous frame's encoder); returns the features (in
+        buffer ``slot``), the resize info and the stage's start and end events."""
         self.bb_stream.wait_stream(self.ed_stream)
         with torch.cuda.stream(self.bb_stream):
             if self._slot_free[slot] is not None:
@@ -144,7 +145,7 @@ class StreamPipeline:
             pixels, info = self.preprocess(frame, color)
             feats = self.backbone.run(pixels, slot)
             ev_bb.record()
-        return _InFlight(slot, feats, info, None, None, False, None, t0, ev_start, ev_bb)
+        return feats, info, ev_start, ev_bb
 
     def _start_encoder(self, f: _InFlight) -> None:
         """Queue the frame's encoder (all of its enc-dec but the last decoder) behind its backbone."""
