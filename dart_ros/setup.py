@@ -30,6 +30,7 @@ setup(
     version=package_version(),
     description="Real-time open-vocabulary multi-class detection with SAM3 and the DART method, for ROS 2",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, PACKAGE + ".*"]),
     install_requires=[

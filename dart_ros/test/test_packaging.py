@@ -121,3 +121,13 @@ def test_the_interfaces_package_builds_alone(tmp_path):
     found = [r for r, _, files in os.walk(install) if "_set_classes.py" in files]
     assert found, "no generated Python module for SetClasses"
     assert os.path.isfile(os.path.join(install, "share", "dart_ros_interfaces", "srv", "SetClasses.srv"))
+
+
+def test_each_package_carries_its_license_and_the_repository_its_notice():
+    for folder in (REPO, PKG, os.path.join(REPO, "dart_ros_interfaces")):
+        text = open(os.path.join(folder, "LICENSE")).read()
+        assert "Apache License" in text and "Version 2.0" in text, folder
+    for xml in (os.path.join(PKG, "package.xml"), os.path.join(REPO, "dart_ros_interfaces", "package.xml")):
+        assert "<license>Apache-2.0</license>" in open(xml).read()
+    notice = open(os.path.join(REPO, "NOTICE")).read()
+    assert "SAM License" in notice and "sam3" in notice
