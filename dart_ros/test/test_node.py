@@ -634,3 +634,42 @@ def test_every_executable_answers_help(argv):
     assert ("usage:" in out) or ("Parameters (--ros-args" in out), out[:500]
     if "Parameters (--ros-args" in out:
         assert "\n  " in out.split("Parameters (--ros-args", 1)[1]  # at least one parameter listed
+
+
+def test_ctrl_c_while_images_stream_shuts_down_cleanly(tmp_path):
+    """SIGINT with the inference thread busy: the worker stops before the context goes, so no
+    traceback ("publisher's context is invalid") and exit code 0; SIGTERM the same."""
+    require_ros()
+    import signal
+
+    from vision_msgs.msg import Detection2DArray
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        topic = f"/cam/stop_{sig.name.lower()}"
+        node = RosProcess(
+            "dart_ros.ros.node",
+            params=dict(backbone="tiny", device="cpu", classes=["person", "car"], confidence_threshold=0.0),
+            remaps={"image": topic},
+            name="dart_stop",
+            log_path=str(tmp_path / f"node_{sig.name}.log"),
+        )
+        player = RosProcess(
+            "dart_ros.ros.player",
+            params=dict(rate_hz=100.0, width=320, height=240, reliable=True),
+            remaps={"image": topic},
+            name="player_stop",
+        )
+        client = RosClient("dart_test_stop")
+        try:
+            dets = Collector()
+            client.node.create_subscription(Detection2DArray, "/dart_stop/detections", dets, 10)
+            client.spin_until(lambda dets=dets: len(dets.msgs) >= 5, 90, "detections while streaming:\n" + node.log())
+            node.proc.send_signal(sig)
+            rc = node.proc.wait(30)
+        finally:
+            client.close()
+            player.stop()
+            node.stop()
+        log = node.log()
+        assert rc == 0, log[-3000:]
+        assert "Traceback" not in log and "context is invalid" not in log, log[-3000:]

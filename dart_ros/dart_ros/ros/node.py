@@ -448,15 +448,24 @@ def _forward_python_logging(ros_logger) -> None:
 
 
 def spin_node(factory: Callable[[], DetectorWiring], args=None, on_start: Callable = lambda node: None) -> None:
-    """The portable rclpy main (Humble to Kilted): init, build, spin on 4 threads, shut down."""
+    """The portable rclpy main (Humble to Kilted): init, build, spin on 4 threads, shut down.
+
+    rclpy's own signal handlers would shut the context down the moment Ctrl-C arrives, while the
+    inference thread may still be publishing ("publisher's context is invalid"). Here SIGINT and
+    SIGTERM end the spin instead; the worker is stopped first, then the context goes."""
+    import signal
     import sys
+
+    from rclpy.signals import SignalHandlerOptions
 
     from dart_ros.ros.cli_help import exit_with_help_if_asked
     from dart_ros.ros.params import parameter_help
 
     exit_with_help_if_asked(sys.modules[factory.__module__].__doc__, parameter_help(), args)
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: a clean shutdown
     node: Optional[DetectorWiring] = None
+    executor = None
     try:
         node = factory()
         on_start(node)
@@ -466,8 +475,13 @@ def spin_node(factory: Callable[[], DetectorWiring], args=None, on_start: Callab
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if node is not None:
-            node.shutdown()
+            node.shutdown()  # the worker stops before anything it publishes on is destroyed
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
 
