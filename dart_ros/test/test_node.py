@@ -673,3 +673,34 @@ def test_ctrl_c_while_images_stream_shuts_down_cleanly(tmp_path):
         log = node.log()
         assert rc == 0, log[-3000:]
         assert "Traceback" not in log and "context is invalid" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize(
+    "params, says",
+    [
+        (dict(sam3_checkpoint="/nonexistent/sam3.pt"), "/nonexistent/sam3.pt"),
+        (dict(backbone="resnet50"), "unknown backbone 'resnet50'"),
+        (dict(confidence_threshold=1.5), "confidence_threshold must be in [0, 1)"),
+        (dict(device="cuda:7"), "cuda"),
+    ],
+    ids=["missing checkpoint", "unknown backbone", "invalid parameter", "no such device"],
+)
+def test_start_up_errors_are_one_line(tmp_path, params, says):
+    """The plain node fails to start with one line naming the problem and exit code 1; the
+    traceback only at debug log level."""
+    require_ros()
+    node = RosProcess(
+        "dart_ros.ros.node",
+        params={"backbone": "tiny", "device": "cpu", **params},
+        name="dart_bad_start",
+        log_path=str(tmp_path / "bad.log"),
+    )
+    try:
+        rc = node.proc.wait(120)
+    finally:
+        node.stop()
+    log = node.log()
+    assert rc == 1, log[-2000:]
+    errors = [line for line in log.splitlines() if "cannot start" in line]
+    assert len(errors) == 1 and says in errors[0], log[-2000:]
+    assert "Traceback" not in log and "weights_only" not in log, log[-2000:]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 
-from dart_ros.ros.node import DEFAULT_NODE_NAME, DetectorWiring, spin_node
+from dart_ros.ros.node import DEFAULT_NODE_NAME, DetectorWiring, spin_node, startup_error
 
 
 class LifecycleDetectorNode(DetectorWiring, LifecycleNode):
@@ -28,7 +28,7 @@ class LifecycleDetectorNode(DetectorWiring, LifecycleNode):
         try:
             self._load()
         except Exception as e:  # a bad checkpoint or device: stay unconfigured, say why
-            self.get_logger().error(f"configure failed: {e}")
+            self.get_logger().error(f"configure failed: {startup_error(e)}")
             self._unload()
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS

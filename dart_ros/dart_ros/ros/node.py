@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import threading
 import time
+import traceback
 from typing import Callable, Optional
 
 import rclpy
@@ -466,12 +467,22 @@ def spin_node(factory: Callable[[], DetectorWiring], args=None, on_start: Callab
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C: a clean shutdown
     node: Optional[DetectorWiring] = None
     executor = None
+    failed = False
     try:
-        node = factory()
-        on_start(node)
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
+        try:
+            node = factory()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            raise
+        except Exception as e:  # a bad checkpoint, device or parameter: one line, the details at debug level
+            failed = True
+            logger = rclpy.logging.get_logger(DEFAULT_NODE_NAME)
+            logger.error(f"cannot start: {startup_error(e)}")
+            logger.debug(traceback.format_exc())
+        if node is not None:
+            on_start(node)
+            executor = MultiThreadedExecutor(num_threads=4)
+            executor.add_node(node)
+            executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -484,6 +495,19 @@ def spin_node(factory: Callable[[], DetectorWiring], args=None, on_start: Callab
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    if failed:
+        raise SystemExit(1)
+
+
+def startup_error(e: BaseException) -> str:
+    """One line for a start-up failure: the exception's first line, its type when that adds
+    something (never torch's advice to unpickle with weights_only=False)."""
+    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    name = type(e).__name__
+    if not text:
+        return name
+    plain = ("ValueError", "RuntimeError", "CheckpointError", "InvalidClassesError")
+    return text if name in plain else f"{name}: {text}"
 
 
 def main(args=None) -> None:
