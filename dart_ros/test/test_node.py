@@ -381,7 +381,7 @@ def test_compressed_input_and_qos_mismatch_warning(rng, tmp_path):
             best_effort.publish(compressed())
             client.spin_for(0.5)
         client.spin_until(lambda: "but no image" in node.log(), 15, "QoS warning:\n" + node.log())
-        assert "best_effort" in node.log()
+        assert "best_effort" in node.log() and "QoS mismatch" in node.log()
         assert not dets.msgs
         reliable = client.node.create_publisher(
             CompressedImage, "/cam/image/compressed", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -704,3 +704,13 @@ def test_start_up_errors_are_one_line(tmp_path, params, says):
     errors = [line for line in log.splitlines() if "cannot start" in line]
     assert len(errors) == 1 and says in errors[0], log[-2000:]
     assert "Traceback" not in log and "weights_only" not in log, log[-2000:]
+
+
+def test_an_idle_compatible_publisher_is_not_called_a_qos_mismatch(ros):
+    """The fixture's publisher is reliable and the node subscribes best effort: compatible. Idle
+    longer than no_input_warn_s, the node warns without blaming the QoS."""
+    ros.client.spin_for(6.5)
+    log = ros.node.log()
+    assert "but no image for" in log, log[-2000:]
+    warning = [line for line in log.splitlines() if "but no image for" in line][0]
+    assert "QoS compatible" in warning and "QoS mismatch" not in warning

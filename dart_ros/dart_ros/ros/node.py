@@ -263,7 +263,9 @@ class DetectorWiring:
         self.stats.on_annotated()
 
     def _check_input(self) -> None:
-        """Warn once when a publisher exists but nothing arrives (usually a QoS mismatch)."""
+        """Warn once when a publisher exists but nothing arrives, naming a QoS mismatch only where
+        there is one (a reliable subscription never hears a best-effort publisher); otherwise the
+        publisher may be paused, or a large image still in transit."""
         if self.sub is None:
             return
         got, self._received_since_check = self._received_since_check, 0
@@ -278,11 +280,20 @@ class DetectorWiring:
             f"{p.qos_profile.durability.name.lower()}"
             for p in pubs
         )
+        mismatched = self.cfg.qos_reliability == "reliable" and any(
+            p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for p in pubs
+        )
+        cause = (
+            "QoS mismatch: a reliable subscription never receives from a best-effort publisher"
+            if mismatched
+            else "QoS compatible: the publisher may be paused, or a large image still in transit"
+        )
         self._input_warned = True
         self._problem(
             "warn",
-            f"{len(pubs)} publisher(s) on {self.input_topic} but no image for {self.cfg.no_input_warn_s:.0f} s "
-            f"(publishers: {desc}; this node subscribes {self.cfg.qos_reliability}, depth {self.cfg.qos_depth})",
+            f"{len(pubs)} publisher(s) on {self.input_topic} but no image for {self.cfg.no_input_warn_s:.0f} s; "
+            f"{cause} (publishers: {desc}; this node subscribes {self.cfg.qos_reliability}, "
+            f"depth {self.cfg.qos_depth})",
             key="no_input",
         )
 
