@@ -271,3 +271,11 @@ def test_a_registered_runtime_plugs_in_behind_the_runner_interface(rng):
         make_detector("tiny", runtime="fast")
     with pytest.raises(ValueError, match="runtime must be one of"):
         make_detector("tiny", runtime="tensorrt")
+
+
+def test_warm_up_of_the_eager_runtime_runs_no_model():
+    det = make_detector("tiny", runtime="eager")
+    feat = det.backbone_runner.warm_up()
+    assert feat.shape == (1, det.model.arch.d_model, det.model.feature_size, det.model.feature_size)
+    assert not feat.any()  # zeros: nothing was computed
+    assert det.warm_up() >= 0.0

@@ -80,7 +80,7 @@ class DetectorWiring:
         info = self.detector.describe()
         log.info("model ready: " + ", ".join(f"{k}={v}" for k, v in info.items()))
         took = self.detector.warm_up()  # graphs and compiles now, not on the first frames
-        if took:
+        if took >= 0.05:  # the eager runtime has nothing to warm up
             log.info(f"warmed up in {took:.1f} s (CUDA graphs captured, kernels compiled)")
         if self.detector.random_weights:
             log.warning("NO sam3_checkpoint GIVEN: the model has RANDOM weights; detections are meaningless")

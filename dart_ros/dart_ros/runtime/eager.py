@@ -48,8 +48,9 @@ class EagerBackbone(BackboneRunner):
             return self.model.forward_features(pixels)
 
     def warm_up(self) -> torch.Tensor:
-        s = self.model.image_size
-        return self.run(torch.zeros(1, 3, s, s, device=self.device))
+        # Nothing to capture or compile: features of the right shape for the enc-dec's warm-up.
+        p = self.model.feature_size
+        return torch.zeros(1, self.model.arch.d_model, p, p, device=self.device)
 
 
 class EagerEncDec(EncDecRunner):
