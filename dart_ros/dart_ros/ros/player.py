@@ -113,6 +113,11 @@ class ImagePlayer(Node):
         if self.index == 0 and self.pub.get_subscription_count() < self.wait_subscribers:
             return
         if self.frames and self.index >= self.frames:
+            # A reliable writer destroyed now loses the samples still in transit (large frames over
+            # a slow transport): wait until the readers have them.
+            from rclpy.duration import Duration
+
+            self.pub.wait_for_all_acked(Duration(seconds=10))
             raise SystemExit(0)
         from sensor_msgs.msg import CompressedImage, Image
 
