@@ -512,7 +512,7 @@ def spin_node(factory: Callable[[], DetectorWiring], args=None, on_start: Callab
 
 def startup_error(e: BaseException) -> str:
     """One line for a start-up failure: the exception's first line, its type when that adds
-    something (never torch's advice to unpickle with weights_only=False)."""
+    something (never torch's advice to unpickle the file unsafely)."""
     text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
     name = type(e).__name__
     if not text:
