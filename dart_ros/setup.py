@@ -2,7 +2,8 @@
 
 ``colcon build`` installs the node, the launch file, the parameter files and the offline tools;
 ``pip install .`` installs the library (and the same entry points) for users without ROS.
-The version is read from package.xml, its only source.
+The version is read from package.xml, its only source; the runtime dependencies from
+requirements.txt (also what tools/setup_on_ros.sh installs beside a ROS install).
 """
 
 import glob
@@ -20,6 +21,11 @@ def package_version() -> str:
         return re.search(r"<version>\s*([^<\s]+)\s*</version>", f.read()).group(1)
 
 
+def requirements() -> list:
+    with open(os.path.join(HERE, "requirements.txt"), encoding="utf-8") as f:
+        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+
+
 def files(pattern: str):
     # Relative paths: setup.py runs from this folder under pip and colcon alike.
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
@@ -33,19 +39,7 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, PACKAGE + ".*"]),
-    install_requires=[
-        "torch>=2.4",
-        "torchvision>=0.19",
-        "sam3==0.1.4",
-        "psutil",
-        "open-clip-torch>=2.20",
-        "timm>=1.0",
-        "numpy",
-        "pillow",
-        "opencv-python-headless",
-        "pyyaml",
-        "tqdm",
-    ],
+    install_requires=requirements(),
     extras_require={
         "offline": ["pycocotools>=2.0.7", "matplotlib", "onnx", "onnxruntime", "rosbags>=0.10"],
         # CUDA machines: cuBLASLt algorithm choice for the ViT's GEMMs (DetectorConfig.tune_gemms)

@@ -131,3 +131,63 @@ def test_each_package_carries_its_license_and_the_repository_its_notice():
         assert "<license>Apache-2.0</license>" in open(xml).read()
     notice = open(os.path.join(REPO, "NOTICE")).read()
     assert "SAM License" in notice and "sam3" in notice
+
+
+def _imports(folder: str) -> set:
+    """Top-level modules imported anywhere under folder (the library and its tools)."""
+    import ast
+
+    found = set()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if not name.endswith(".py"):
+                continue
+            tree = ast.parse(open(os.path.join(root, name), encoding="utf-8").read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    found.update(a.name.split(".")[0] for a in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    found.add(node.module.split(".")[0])
+    return found
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_package_xml_and_requirements_declare_every_import():
+    """A ROS import needs a package.xml dependency (rosdep installs it); any other third-party import a
+    requirement (requirements.txt, or an extra of setup.py for the optional tools)."""
+    import importlib.metadata as md
+
+    xml = open(os.path.join(PKG, "package.xml")).read()
+    ros_deps = set(re.findall(r"<(?:depend|exec_depend)>\s*([^<\s]+)\s*<", xml))
+    with open(os.path.join(PKG, "requirements.txt")) as f:
+        lines = [line.split("#")[0].strip() for line in f]
+    required = {_norm(re.split(r"[<>=!~\[; ]", line)[0]) for line in lines if line}
+    setup_py = open(os.path.join(PKG, "setup.py")).read()
+    extras_src = setup_py.split("extras_require")[1].split("},")[0]
+    extras = {_norm(re.split(r"[<>=!~\[; ]", r)[0]) for r in re.findall(r'"([A-Za-z][^"]*)"', extras_src)}
+    dists = md.packages_distributions()
+    # where the owner is not installed on every machine: the gpu extra; Triton comes with CUDA torch
+    known = {"nvmath": ["nvmath-python"], "triton": ["torch"]}
+    missing = []
+    for module in sorted(_imports(os.path.join(PKG, "dart_ros")) | _imports(os.path.join(PKG, "offline"))):
+        if module in sys.stdlib_module_names or module in ("dart_ros", "__future__"):
+            continue
+        owners = [_norm(d) for d in known.get(module) or dists.get(module, [])]
+        ros = module in ros_deps or module.endswith(("_msgs", "_interfaces"))
+        ros = ros or any(o.startswith("ros-") for o in owners)
+        if ros:
+            if module not in ros_deps:
+                missing.append(f"{module}: no <depend>/<exec_depend> in package.xml")
+        elif not owners:
+            missing.append(f"{module}: not installed here, cannot tell its distribution")
+        elif not (set(owners) & (required | extras)):
+            missing.append(f"{module} ({', '.join(owners)}): in neither requirements.txt nor an extra")
+    assert not missing, missing
+    # and the rosdep keys for distribution-packaged Python modules match requirements.txt
+    keys = {"python3-numpy": "numpy", "python3-opencv": "opencv-python-headless", "python3-pil": "pillow",
+            "python3-psutil": "psutil", "python3-tqdm": "tqdm", "python3-yaml": "pyyaml"}  # fmt: skip
+    for key, req in keys.items():
+        assert (f"<exec_depend>{key}</exec_depend>" in xml) == (req in required), key
