@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 import typing
-from typing import Any, Dict, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, TypeVar
 
 T = TypeVar("T")
 
@@ -36,6 +38,8 @@ def _bool(text: str) -> bool:
 def add_dataclass_flags(
     parser: argparse.ArgumentParser, cls: Type, group: Optional[str] = None, doc: Dict[str, str] = None
 ):
+    """One flag per field; help from ``doc`` or the class's ``FIELD_HELP``, with the default."""
+    doc = doc or getattr(cls, "FIELD_HELP", None)
     hints = typing.get_type_hints(cls)
     target = parser.add_argument_group(group) if group else parser
     for f in dataclasses.fields(cls):
@@ -79,9 +83,10 @@ def dataclass_from_args(cls: Type[T], args: argparse.Namespace, **overrides) -> 
 
 
 def dump(cfg, path: str) -> None:
-    """Write the resolved config next to an output (reproducibility)."""
+    """Write the resolved config (a dataclass, or a dict of them) next to an output (reproducibility)."""
+    data = {k: dataclasses.asdict(v) for k, v in cfg.items()} if isinstance(cfg, dict) else dataclasses.asdict(cfg)
     with open(path, "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1, default=str)
+        json.dump(data, f, indent=1, default=str)
 
 
 def parse_job_args(doc: str, groups: Sequence[Tuple[Type, Optional[str]]], argv=None):
@@ -94,19 +99,42 @@ def parse_job_args(doc: str, groups: Sequence[Tuple[Type, Optional[str]]], argv=
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for cls, group in groups:
         add_dataclass_flags(ap, cls, group=group, doc=FIELD_HELP if cls is DetectorConfig else None)
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return ap, args
 
 
-def run_training_job(cls: Type[T], run, doc: str, argv=None) -> int:
-    """Main of an offline training job: flags of ``cls``, logging, ``<out_dir>/config.json`` written
-    once (rank 0 under torchrun), ``run(cfg)``'s summary printed."""
-    import os
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback (default: one line)")
 
-    cfg = dataclass_from_args(cls, parse_job_args(doc, [(cls, None)], argv)[1])
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        dump(cfg, os.path.join(cfg.out_dir, "config.json"))
-    print(run(cfg))
-    return 0
+
+def cli_main(body: Callable[[Optional[Sequence[str]]], int], argv=None, prog: str = "") -> int:
+    """Run a tool's ``body(argv)``: an error ends it with one line on stderr and exit status 1 (the
+    traceback with ``--debug``); Ctrl-C says how to resume. Finished work stays on disk either way."""
+    from dart_ros.types import one_line_error
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        return body(argv) or 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished work is kept, the same command continues it", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if "--debug" in args:
+            raise
+        print(f"{prog}: error: {one_line_error(e)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def run_training_job(cls: Type[T], run, doc: str, argv=None) -> int:
+    """Main of an offline training job: flags of ``cls``, logging, ``run(cfg)``'s summary printed (the
+    job writes ``<out_dir>/config.json`` once its identity check has passed)."""
+
+    def body(argv):
+        cfg = dataclass_from_args(cls, parse_job_args(doc, [(cls, None)], argv)[1])
+        print(json.dumps(run(cfg), indent=1, default=str))
+        return 0
+
+    return cli_main(body, argv)

@@ -238,8 +238,8 @@ class Detector:
                     f"no text encoder loaded and {len(missing)} classes are not in the text cache: "
                     + ", ".join(missing[:5])
                 )
-            out = self.model.sam3.backbone.forward_text(missing, device=self.device)
-            self.text_cache.put(missing, out["language_features"], out["language_mask"])
+            feats, masks = self.model.encode_text(missing, device=self.device)
+            self.text_cache.put(missing, feats, masks)
             if self.config.text_cache:
                 self.text_cache.save()
         entries = self.text_cache.get(cleaned)

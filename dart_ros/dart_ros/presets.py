@@ -88,8 +88,9 @@ FULL_SIZE_BACKBONES = tuple(name for name, p in PRESETS.items() if p.arch == "fu
 LAUNCH_BACKBONES = FULL_SIZE_BACKBONES + ("tiny",)
 
 
-def list_backbones() -> Tuple[str, ...]:
-    return tuple(PRESETS)
+def list_backbones(kind: str = "") -> Tuple[str, ...]:
+    """Preset names, all or those of one kind (``vit`` or ``student``)."""
+    return tuple(n for n, p in PRESETS.items() if not kind or p.kind == kind)
 
 
 def get_preset(name: str) -> BackbonePreset:

@@ -63,3 +63,15 @@ class BadImageError(ValueError):
 
 class ImageFormatError(ValueError):
     """The image cannot be interpreted (shape, dtype, layout)."""
+
+
+def one_line_error(e: BaseException) -> str:
+    """One line for a failure shown to a user: the exception's first line, its type when that adds
+    something (never torch's advice to unpickle a file unsafely)."""
+    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    name = type(e).__name__
+    if not text:
+        return name
+    plain = ("ValueError", "RuntimeError", "CheckpointError", "InvalidClassesError", "RunMismatchError",
+             "UnreadableImageError", "FileNotFoundError")  # fmt: skip
+    return text if name in plain else f"{name}: {text}"

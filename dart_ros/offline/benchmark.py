@@ -266,15 +266,20 @@ def plot(results, path: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbones", nargs="+", default=list(FULL_SIZE_BACKBONES), choices=FULL_SIZE_BACKBONES)
-    ap.add_argument("--classes", nargs="+", type=int, default=[1, 3, 4, 8, 16, 80])
-    ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
+    ap.add_argument(
+        "--backbones", nargs="+", default=list(FULL_SIZE_BACKBONES), choices=FULL_SIZE_BACKBONES,
+        help="backbone presets to measure (default: all full-size ones)",
+    )  # fmt: skip
+    ap.add_argument("--classes", nargs="+", type=int, default=[1, 3, 4, 8, 16, 80], help="vocabulary sizes to measure")
+    ap.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS, help="hierarchy levels (see above)")
     ap.add_argument("--precision", default="bf16", choices=PRECISIONS, help="compute precision of every level")
-    ap.add_argument("--image-size", type=int, default=1008)
+    ap.add_argument("--image-size", type=int, default=1008, help="network input side S in pixels (multiple of 14)")
     ap.add_argument("--chunk", type=int, default=16, help="max classes per enc-dec chunk")
-    ap.add_argument("--iters", type=int, default=60)
+    ap.add_argument("--iters", type=int, default=60, help="timed frames per measurement (at most)")
     ap.add_argument("--budget-s", type=float, default=3.0, help="time per measurement before stopping early")
-    ap.add_argument("--max-naive-classes", type=int, default=80)
+    ap.add_argument(
+        "--max-naive-classes", type=int, default=80, help="skip the naive level above this many classes (slow)"
+    )
     ap.add_argument("--frame-size", default="1280x720", help="camera frame WxH fed to the detector")
     ap.add_argument("--compile-encdec", action="store_true", help="fast levels: torch.compile the enc-dec loops")
     ap.add_argument(
@@ -282,7 +287,7 @@ def main(argv=None) -> int:
         action="store_true",
         help="fast levels: torch's cuBLASLt pick for the ViT's GEMMs even with nvmath-python installed",
     )
-    ap.add_argument("--out", default="artifacts/benchmark")
+    ap.add_argument("--out", default="artifacts/benchmark", help="output path prefix: <out>.json and <out>.png")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmark.py measures GPU speed: no CUDA device")

@@ -1,4 +1,4 @@
-"""Distil a timm student backbone's FPN adapter from SAM3's ViT-H (DART adapter distillation).
+r"""Distil a timm student backbone's FPN adapter from SAM3's ViT-H (DART adapter distillation).
 
 Single GPU (or CPU):
     python offline/distill.py --images /data/coco/train2017 --student repvit_m2_3 \

@@ -1,4 +1,4 @@
-"""COCO box AP of the Detector (pycocotools), resumable, multi-GPU through torchrun.
+r"""COCO box AP of the Detector (pycocotools), resumable, multi-GPU through torchrun.
 
     python offline/eval_coco.py --annotations instances_val2017.json --images val2017 \
         --sam3-checkpoint sam3.pt --backbone vit_h --precision bf16 --out-dir runs/eval_vith
@@ -14,18 +14,22 @@ cache per rank; re-running the same command continues where it stopped.
 import os
 import sys
 
-from dart_ros.cliutil import dataclass_from_args, parse_job_args
+from dart_ros.cliutil import cli_main, dataclass_from_args, parse_job_args
 from dart_ros.config import DetectorConfig
 from dart_ros.evaluation.coco import EvalConfig, format_table, run
 
 
-def main(argv=None) -> int:
+def body(argv=None) -> int:
     ap, args = parse_job_args(__doc__, [(EvalConfig, "evaluation"), (DetectorConfig, "detector")], argv)
     results = run(dataclass_from_args(EvalConfig, args), dataclass_from_args(DetectorConfig, args))
     if results is not None:
         print(format_table(results))
         print(f"\nwrote {os.path.join(args.out_dir or EvalConfig.out_dir, 'results.json')}")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli_main(body, argv)
 
 
 if __name__ == "__main__":

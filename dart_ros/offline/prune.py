@@ -1,4 +1,4 @@
-"""Prune ViT-H blocks for detection, then self-distil the pruned backbone (DART Pruned-N).
+r"""Prune ViT-H blocks for detection, then self-distil the pruned backbone (DART Pruned-N).
 
 Analysis only (importance ranking, greedy search, report JSON + plot):
     python offline/prune.py --images /data/coco/train2017 --sam3-checkpoint sam3.pt \

@@ -1,4 +1,4 @@
-"""The detector node's maximum sustainable input rate and its latencies over real DDS, by
+r"""The detector node's maximum sustainable input rate and its latencies over real DDS, by
 ros2_benchmark's method (NVIDIA-ISAAC-ROS/ros2_benchmark; docs/offline.md, "ROS benchmark").
 
     source setup.bash

@@ -99,7 +99,10 @@ def test_missing_and_wrong_files_raise_clear_errors(tmp_path):
         build_model("tiny", sam3_checkpoint=str(tmp_path / "nope.pt"))
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ck.CheckpointError, match="cannot read"):
+    with pytest.raises(ck.CheckpointError, match=r"is not a PyTorch checkpoint \(text starting 'not a checkpoint'\)"):
+        build_model("tiny", sam3_checkpoint=str(bad))
+    bad.write_bytes(b"PK\x03\x04 a cut zip")  # looks like torch.save's format: torch's own reason, one line
+    with pytest.raises(ck.CheckpointError, match=r"^cannot read checkpoint .*\(\w+: [^\n]*\)$"):
         build_model("tiny", sam3_checkpoint=str(bad))
     student = tmp_path / "student.pt"
     ck.save_student_checkpoint(build_model("tiny_student").vision, str(student))

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
+import hashlib
 import io
 import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,14 +30,18 @@ PROTOCOLS = {
     "official": dict(confidence_threshold=0.0, nms_iou=1.0, max_detections=100),
     "nms": dict(confidence_threshold=0.01, nms_iou=0.7, nms_mode="per_class", max_detections=300),
 }
+# Detector settings that change how fast, not what, it predicts: a run may resume with other values.
+RUNTIME_FIELDS = (
+    "device", "runtime", "cuda_graphs", "compile_kernels", "compile_encdec", "tune_gemms", "max_classes_per_chunk",
+    "text_cache", "max_classes", "max_class_name_chars", "load_text_encoder",
+)  # fmt: skip
+CHECKPOINT_FIELDS = ("sam3_checkpoint", "backbone_checkpoint", "timm_weights")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    """annotations: instances JSON; images: their directory; protocol: official | nms;
-    classes_file: evaluate only these category names (one per line); synonyms: JSON
-    {category: [prompt, ...]}; max_images: first N image ids (sorted), 0 = all."""
+    """Evaluation settings (flags of the same names; help in FIELD_HELP)."""
 
     annotations: str = ""
     images: str = ""
@@ -45,6 +51,24 @@ class EvalConfig:
     max_images: int = 0
     out_dir: str = "runs/eval_coco"
     resume: bool = True
+    strict_images: bool = False
+
+    FIELD_HELP: ClassVar[Dict[str, str]] = {
+        "annotations": "COCO instances JSON (e.g. instances_val2017.json)",
+        "images": "folder of the images the annotations' file_name entries name",
+        "protocol": "official: confidence 0, no NMS, top-100 per image (SAM3/DART's reported AP); "
+        "nms: confidence 0.01, per-class NMS 0.7, top-300 (DART's student protocol)",
+        "classes_file": "evaluate only the categories named in this file, one name per line (empty = all)",
+        "synonyms": 'JSON {category: [prompt, ...]}: several prompts for a category, e.g. {"person": '
+        '["person", "pedestrian"]}; a detection of any counts for the category',
+        "max_images": "evaluate the first N image ids in sorted order (0 = all)",
+        "out_dir": "output folder: results.json, per_class_ap.png, config.json and the prediction caches; "
+        "re-running the same command resumes the run recorded there",
+        "resume": "true: continue the run recorded in --out-dir if it is the same run (else stop with the "
+        "difference); false: discard its predictions and start over",
+        "strict_images": "false: skip unreadable images (excluded from the score, listed in results.json); "
+        "true: stop at the first one",
+    }
 
     def validate(self) -> "EvalConfig":
         if not self.annotations or not os.path.isfile(self.annotations):
@@ -65,7 +89,11 @@ def load_coco(path: str):
 
 def build_vocabulary(coco, classes_file: str = "", synonyms: str = "") -> Tuple[List[str], List[int], Dict[int, str]]:
     """(prompts, category id of each prompt, {category id: name}) for the categories evaluated."""
-    cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    cats = {}
+    for c in coco.loadCats(coco.getCatIds()):
+        if not isinstance(c.get("name"), str) or not c["name"].strip():
+            raise ValueError(f"annotations: category {c.get('id')!r} has no 'name'")
+        cats[c["id"]] = c["name"]
     by_name = {n: i for i, n in cats.items()}
     names = list(cats.values())
     if classes_file:
@@ -79,6 +107,9 @@ def build_vocabulary(coco, classes_file: str = "", synonyms: str = "") -> Tuple[
     if synonyms:
         with open(synonyms) as f:
             syn = json.load(f)
+        unknown = sorted(set(syn) - set(by_name))
+        if unknown:
+            raise ValueError(f"synonyms for categories not in the annotations: {unknown}")
     prompts, prompt_cats = [], []
     for n in names:
         for p in syn.get(n, [n]):
@@ -133,52 +164,92 @@ def detections_to_coco(image_id: int, dets, prompt_cats: Sequence[int]) -> List[
     return out
 
 
-def _read_cache(path: str) -> Dict[int, List[dict]]:
-    done = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            for ln in f:
-                try:
-                    row = json.loads(ln)
-                except json.JSONDecodeError:  # a line cut by a killed run
-                    continue
-                done[int(row["image_id"])] = row["detections"]
-    return done
+def _cache_rows(path: str) -> Dict[int, dict]:
+    from dart_ros.run_identity import read_records
+
+    return {int(r["image_id"]): r for r in read_records(path)[0]}
+
+
+def unknown_category_annotations(coco) -> int:
+    """Annotations whose category id the file does not list (pycocotools would ignore them)."""
+    known = set(coco.getCatIds())
+    return sum(1 for a in coco.dataset.get("annotations", []) if a.get("category_id") not in known)
+
+
+def run_identity(cfg: EvalConfig, det_cfg, image_ids: Sequence[int], world_size: int) -> dict:
+    from dart_ros.run_identity import config_identity, file_fingerprint
+
+    ident = config_identity(cfg, exclude=("out_dir", "resume", "strict_images"), files=("classes_file", "synonyms"))
+    ident["annotations"] = file_fingerprint(cfg.annotations)
+    ident["images"] = os.path.abspath(cfg.images)
+    digest = hashlib.sha1(",".join(map(str, image_ids)).encode()).hexdigest()[:16]
+    ident["image_ids"] = f"{len(image_ids)}:{digest}"
+    ident["detector"] = config_identity(det_cfg, exclude=RUNTIME_FIELDS + ("classes",), files=CHECKPOINT_FIELDS)
+    ident["world_size"] = world_size
+    return ident
 
 
 def run(cfg: EvalConfig, det_cfg) -> Optional[dict]:
     """Predict (resumable, sharded under torchrun) and, on rank 0, score. Returns the results dict."""
     from tqdm import tqdm
 
+    from dart_ros.cliutil import dump
     from dart_ros.detector import Detector
+    from dart_ros.run_identity import check_run_identity, open_records
     from dart_ros.training import distributed as D
-    from dart_ros.training.data import read_rgb
+    from dart_ros.training.data import UnreadableImageError, read_rgb
 
     cfg.validate()
     env = D.init(det_cfg.device)
     try:
         coco = load_coco(cfg.annotations)
         prompts, prompt_cats, evaluated = build_vocabulary(coco, cfg.classes_file, cfg.synonyms)
+        stray = unknown_category_annotations(coco)
+        if stray and env.is_main:
+            log.warning("%d annotations have a category id the file does not list: they are not evaluated", stray)
         image_ids = sorted(coco.getImgIds())
         if cfg.max_images:
             image_ids = image_ids[: cfg.max_images]
         det_cfg = dataclasses.replace(
             det_cfg, **PROTOCOLS[cfg.protocol], device=str(env.device) if env.device.type == "cuda" else det_cfg.device
         )
+        identity = run_identity(cfg, det_cfg, image_ids, env.world_size)
+        resuming = check_run_identity(cfg.out_dir, identity, cfg.resume, write=False)  # all ranks, before writes
+        if not resuming and cfg.resume and glob.glob(os.path.join(cfg.out_dir, "predictions_rank*.jsonl")):
+            raise ValueError(
+                f"{cfg.out_dir} holds predictions of a run without a recorded identity: use a new --out-dir, "
+                "or --resume false to discard them"
+            )
+        D.barrier(env)
+        if env.is_main:
+            if not resuming:  # another run's outputs must not pass for this one's
+                stale = glob.glob(os.path.join(cfg.out_dir, "predictions_rank*.jsonl"))
+                for p in stale + [os.path.join(cfg.out_dir, n) for n in ("results.json", "per_class_ap.png")]:
+                    if os.path.isfile(p):
+                        os.remove(p)
+            check_run_identity(cfg.out_dir, identity, resume=False, write=True)
+            dump({"evaluation": cfg, "detector": det_cfg}, os.path.join(cfg.out_dir, "config.json"))
         detector = Detector(det_cfg)
         detector.set_classes(prompts)
-        if env.is_main:
-            os.makedirs(cfg.out_dir, exist_ok=True)
         D.barrier(env)
         cache_path = os.path.join(cfg.out_dir, f"predictions_rank{env.rank}_of{env.world_size}.jsonl")
-        done = _read_cache(cache_path) if cfg.resume else {}
+        kept, cache = open_records(cache_path, resuming)
+        done = {int(r["image_id"]) for r in kept}
         mine = image_ids[env.rank :: env.world_size]
         todo = [i for i in mine if i not in done]
         times = []
-        with open(cache_path, "a" if cfg.resume else "w") as cache:
+        with cache:
             for img_id in tqdm(todo, desc=f"COCO eval (rank {env.rank})", disable=not env.is_main):
                 info = coco.loadImgs(img_id)[0]
-                img = read_rgb(os.path.join(cfg.images, info["file_name"]))
+                path = os.path.join(cfg.images, info["file_name"])
+                try:
+                    img = read_rgb(path)
+                except UnreadableImageError:
+                    if cfg.strict_images:
+                        raise
+                    cache.write(json.dumps({"image_id": img_id, "unreadable": path}) + "\n")
+                    cache.flush()
+                    continue
                 t = time.perf_counter()
                 dets = detector.detect(img)
                 times.append((time.perf_counter() - t) * 1e3)
@@ -188,15 +259,22 @@ def run(cfg: EvalConfig, det_cfg) -> Optional[dict]:
         D.barrier(env)
         if not env.is_main:
             return None
-        all_dets: List[dict] = []
+        shards: Dict[int, dict] = {}
         for r in range(env.world_size):
-            shard = _read_cache(os.path.join(cfg.out_dir, f"predictions_rank{r}_of{env.world_size}.jsonl"))
-            all_dets += [d for i in image_ids if i in shard for d in shard[i]]
-        scored = evaluate(coco, all_dets, image_ids, list(evaluated))
+            shards.update(_cache_rows(os.path.join(cfg.out_dir, f"predictions_rank{r}_of{env.world_size}.jsonl")))
+        missing = [i for i in image_ids if i not in shards]
+        if missing:  # cannot happen unless a shard file was edited: never score a partial run as whole
+            raise RuntimeError(f"{len(missing)} images have no predictions in {cfg.out_dir}; re-run to finish them")
+        unreadable = sorted(shards[i]["unreadable"] for i in image_ids if "unreadable" in shards[i])
+        scored_ids = [i for i in image_ids if "unreadable" not in shards[i]]
+        all_dets = [d for i in scored_ids for d in shards[i]["detections"]]
+        scored = evaluate(coco, all_dets, scored_ids, list(evaluated))
         results = {
             "protocol": cfg.protocol,
             "protocol_settings": PROTOCOLS[cfg.protocol],
-            "images": len(image_ids),
+            "images": len(scored_ids),
+            "unreadable_images": unreadable,
+            "annotations_with_unknown_category": stray,
             "prompts": prompts,
             "model": detector.model.weights_identity,
             "random_weights": detector.random_weights,
@@ -206,8 +284,12 @@ def run(cfg: EvalConfig, det_cfg) -> Optional[dict]:
             "config": dataclasses.asdict(cfg),
             "detector": dataclasses.asdict(det_cfg),
         }
-        with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
+        if unreadable:
+            log.warning("%d unreadable images skipped (listed in results.json)", len(unreadable))
+        tmp = os.path.join(cfg.out_dir, "results.json.tmp")
+        with open(tmp, "w") as f:
             json.dump(results, f, indent=1)
+        os.replace(tmp, os.path.join(cfg.out_dir, "results.json"))
         plot_per_class(results["per_class"], os.path.join(cfg.out_dir, "per_class_ap.png"))
         return results
     finally:

@@ -43,10 +43,21 @@ class CheckpointError(RuntimeError):
 def _load_file(path: str) -> dict:
     if not path or not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path!r}")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle stream): anything else gets a
+    # plain explanation instead of an unpickler's error code
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        try:
+            kind = f"text starting {head.decode('utf-8').splitlines()[0][:30]!r}" if head else "an empty file"
+        except (UnicodeDecodeError, IndexError):
+            kind = "neither a zip archive nor a pickle"
+        raise CheckpointError(f"{path!r} is not a PyTorch checkpoint ({kind})")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {e}") from e
+    except Exception as e:  # unpickling errors come in many types; only their first line is useful
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        raise CheckpointError(f"cannot read checkpoint {path!r} ({type(e).__name__}: {first})") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, expected a dict")
     return obj

@@ -88,6 +88,14 @@ class DartModel(nn.Module):
         probe = torch.zeros(1, self.arch.d_model, p, p, device=device)
         return flatten_features(self.vision.position_encoding(probe))
 
+    @torch.inference_mode()
+    def encode_text(self, names, device: Optional[torch.device] = None):
+        """SAM3's text encoder on class names: ((T, N, C) seq-first features, (N, T) bool mask, True
+        = padding), the enc-dec's text inputs."""
+        device = device if device is not None else next(self.parameters()).device
+        out = self.sam3.backbone.forward_text(list(names), device=device)
+        return out["language_features"], out["language_mask"]
+
 
 def build_model(
     backbone: str = "vit_h",

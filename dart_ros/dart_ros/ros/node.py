@@ -33,7 +33,7 @@ from dart_ros.config import parse_name_groups
 from dart_ros.ros import conversions
 from dart_ros.ros.diagnostics import NodeStats, diagnostic_array
 from dart_ros.ros.params import declare_parameters, split_changes
-from dart_ros.types import BadImageError, ImageFormatError, InvalidClassesError
+from dart_ros.types import BadImageError, ImageFormatError, InvalidClassesError, one_line_error
 
 DEFAULT_NODE_NAME = "dart"
 
@@ -511,14 +511,8 @@ def spin_node(factory: Callable[[], DetectorWiring], args=None, on_start: Callab
 
 
 def startup_error(e: BaseException) -> str:
-    """One line for a start-up failure: the exception's first line, its type when that adds
-    something (never torch's advice to unpickle the file unsafely)."""
-    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-    name = type(e).__name__
-    if not text:
-        return name
-    plain = ("ValueError", "RuntimeError", "CheckpointError", "InvalidClassesError")
-    return text if name in plain else f"{name}: {text}"
+    """One line for a start-up failure (see types.one_line_error)."""
+    return one_line_error(e)
 
 
 def main(args=None) -> None:

@@ -177,6 +177,14 @@ def parity(model: DartModel, stages: OnnxRuntimeStages, prompt_mode: str, class_
     return out
 
 
+def write_prompts(path: str, model: DartModel, names) -> str:
+    """The text inputs of the enc-dec graph for a vocabulary, as ``.npz`` (``text`` (T, N, C) float32,
+    ``text_mask`` (N, T) bool, ``names``): with it the two graphs run without the text encoder."""
+    text, mask = model.encode_text(names, torch.device("cpu"))
+    np.savez(path, text=text.float().cpu().numpy(), text_mask=mask.cpu().numpy(), names=np.array(list(names)))
+    return path
+
+
 def write_manifest(
     path: str, model: DartModel, prompt_mode: str, opset: int, files: Dict[str, str], parity_report: Optional[dict]
 ) -> dict:
@@ -197,7 +205,23 @@ def write_manifest(
         "files": {k: os.path.basename(v) for k, v in files.items()},
         "inputs": {"backbone": list(BACKBONE_INPUTS), "encdec": list(ENCDEC_INPUTS)},
         "outputs": {"backbone": list(BACKBONE_OUTPUTS), "encdec": list(ENCDEC_OUTPUTS)},
-        "normalisation": {"mean": 0.5, "std": 0.5, "resize": "stretch to S x S, antialiased bilinear"},
+        "preprocessing": {
+            "layout": "RGB, (1, 3, S, S) float32, S = image_size",
+            "resize": "stretch to S x S (aspect ratio not kept), antialiased bilinear",
+            "normalise": "(pixel / 255 - 0.5) / 0.5",
+        },
+        "postprocessing": {
+            "score": "sigmoid(logits[n, q]) * sigmoid(presence[n]) for class n, query q",
+            "boxes": "normalised cx, cy, w, h of the S x S input: x1 = (cx - w/2) * source width, "
+            "y1 = (cy - h/2) * source height (the resize is a stretch), likewise x2, y2; then clipped to "
+            "the image",
+            "keep": "score >= a threshold (the node's default 0.3); per-class NMS at IoU 0.7 as an option",
+        },
+        "text_inputs": (
+            {"file": os.path.basename(files["prompts"]), "keys": ["text", "text_mask", "names"]}
+            if "prompts" in files
+            else "SAM3's text encoder output for the class names (export with --classes to write them)"
+        ),
         "parity_vs_torch": parity_report,
     }
     with open(path, "w") as f:

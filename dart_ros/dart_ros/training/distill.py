@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import ClassVar, Dict, Tuple
 
 from dart_ros.model.registry import build_vision_backbone
-from dart_ros.presets import get_preset
+from dart_ros.presets import get_preset, list_backbones
 from dart_ros.training import distributed as D
 from dart_ros.training.data import list_images
-from dart_ros.training.trainer import FeatureDistiller, TrainConfig
+from dart_ros.training.trainer import FeatureDistiller, TrainConfig, claim_out_dir
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class DistillConfig(TrainConfig):
-    """Adapter distillation settings (see TrainConfig for the shared ones).
-
-    teacher: ViT preset (``vit_h``, ``vit_h_pruned16``, ``tiny`` for tests).
-    student: student preset (``repvit_m2_3``, ``tiny_vit_21m``, ``efficientvit_l1/l2``, ``tiny_student``).
-    sam3_checkpoint: teacher weights; teacher_checkpoint: a DART pruned checkpoint instead.
-    teacher_mask_blocks: distil from a sub-block-pruned teacher (``"25:attn,28:mlp"``).
-    timm_weights: local ImageNet weights of the student's timm network.
-    init_checkpoint: start the adapter from a DART student checkpoint (e.g. phase 2).
-    """
+    """Adapter distillation settings (see TrainConfig for the shared ones; help in FIELD_HELP)."""
 
     teacher: str = "vit_h"
     student: str = "repvit_m2_3"
@@ -40,6 +33,21 @@ class DistillConfig(TrainConfig):
     init_checkpoint: str = ""
     out_dir: str = "runs/distill"
 
+    FIELD_HELP: ClassVar[Dict[str, str]] = {
+        **TrainConfig.FIELD_HELP,
+        "teacher": "teacher ViT preset: " + ", ".join(list_backbones("vit")),
+        "student": "student preset: " + ", ".join(list_backbones("student")),
+        "sam3_checkpoint": "sam3.pt: the teacher's weights (empty = a RANDOM teacher, for tests only)",
+        "teacher_checkpoint": "a DART pruned checkpoint as the teacher (instead of the full ViT-H)",
+        "teacher_mask_blocks": "sub-block-pruned teacher: comma-separated block:branch items, branch attn or mlp "
+        '(e.g. "25:attn,28:mlp")',
+        "timm_weights": "local ImageNet weights (.safetensors/.pth) of the student's timm network",
+        "init_checkpoint": "start the adapter from this DART student checkpoint (e.g. a phase-2 run)",
+    }
+    FILE_FIELDS: ClassVar[Tuple[str, ...]] = (
+        "sam3_checkpoint", "teacher_checkpoint", "timm_weights", "init_checkpoint",
+    )  # fmt: skip
+
 
 def run(cfg: DistillConfig) -> dict:
     cfg.validate()
@@ -47,8 +55,10 @@ def run(cfg: DistillConfig) -> dict:
         raise ValueError(f"--student {cfg.student!r} is not a student preset")
     if get_preset(cfg.teacher).kind != "vit":
         raise ValueError(f"--teacher {cfg.teacher!r} is not a ViT preset")
+    paths = list_images(cfg.images)
     env = D.init(cfg.device)
     try:
+        claim_out_dir(cfg, env, paths)
         size = cfg.image_size or None
         teacher, teacher_id = build_vision_backbone(
             cfg.teacher,
@@ -100,7 +110,7 @@ def run(cfg: DistillConfig) -> dict:
             env,
             teacher,
             student,
-            list_images(cfg.images),
+            paths,
             image_size,
             teacher_id,
             payload,

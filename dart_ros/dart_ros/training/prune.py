@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import ClassVar, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -26,10 +26,10 @@ from torch import nn
 from dart_ros.model.arch import Sam3Arch, get_arch
 from dart_ros.model.registry import build_vision_backbone
 from dart_ros.model.vit import MaskedBlock, MaskSpec, SkippedBlock, format_mask_blocks, parse_mask_blocks
-from dart_ros.presets import get_preset
+from dart_ros.presets import get_preset, list_backbones
 from dart_ros.training import distributed as D
-from dart_ros.training.data import ImageDataset, list_images
-from dart_ros.training.trainer import FeatureDistiller, TrainConfig
+from dart_ros.training.data import UNREADABLE_LIST, ImageDataset, list_images
+from dart_ros.training.trainer import FeatureDistiller, TrainConfig, claim_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,7 @@ Candidate = Tuple[int, str]  # (block, "block" | "attn" | "mlp")
 
 @dataclasses.dataclass
 class PruneConfig(TrainConfig):
-    """Pruning settings (see TrainConfig for the training ones).
-
-    backbone: ViT preset to prune; sam3_checkpoint: its weights.
-    mode: ``block`` (remove whole blocks) or ``subblock`` (attention / MLP branches).
-    num_remove: greedy steps; calibration_images: images used for importance.
-    skip_blocks / mask_blocks: prune exactly these (skips the search).
-    analyze_only: write the report and stop (no self-distillation).
-    """
+    """Pruning settings (see TrainConfig for the training ones; help in FIELD_HELP)."""
 
     backbone: str = "vit_h"
     sam3_checkpoint: str = ""
@@ -58,6 +51,21 @@ class PruneConfig(TrainConfig):
     analyze_only: bool = False
     lr: float = 1e-4
     out_dir: str = "runs/prune"
+
+    FIELD_HELP: ClassVar[Dict[str, str]] = {
+        **TrainConfig.FIELD_HELP,
+        "backbone": "ViT preset to prune: " + ", ".join(list_backbones("vit")),
+        "sam3_checkpoint": "sam3.pt: the weights to prune (empty = a RANDOM backbone, for tests only)",
+        "mode": "block: remove whole window blocks; subblock: remove attention or MLP branches",
+        "num_remove": "candidates the greedy search removes (at most the model's window blocks, twice that in "
+        "subblock mode; global-attention blocks are never removed)",
+        "calibration_images": "images the importance analysis measures on (evenly spread over --images)",
+        "calibration_batch": "images per forward pass of the analysis",
+        "skip_blocks": "prune exactly these block indices (no search), e.g. 5 10 12",
+        "mask_blocks": 'drop exactly these branches (no search): comma-separated block:branch, e.g. "25:attn,28:mlp"',
+        "analyze_only": "true: write prune_report.json/png and stop (no self-distillation)",
+    }
+    FILE_FIELDS: ClassVar[Tuple[str, ...]] = ("sam3_checkpoint",)
 
 
 def candidates(arch: Sam3Arch, mode: str) -> List[Candidate]:
@@ -136,11 +144,13 @@ def analyse(
     batch: int,
     device: torch.device,
     show_progress: bool = True,
+    unreadable_log: str = "",
+    strict_images: bool = False,
 ) -> dict:
     """Single-candidate ranking and greedy search; returns the report dict."""
     from tqdm import tqdm
 
-    data = ImageDataset(image_paths, image_size)
+    data = ImageDataset(image_paths, image_size, unreadable_log=unreadable_log, strict=strict_images)
     batches = [
         torch.stack([data[j][1] for j in range(i, min(i + batch, len(data)))]).to(device)
         for i in range(0, len(data), batch)
@@ -229,17 +239,23 @@ def run(cfg: PruneConfig) -> dict:
     if get_preset(cfg.backbone).kind != "vit":
         raise ValueError(f"--backbone {cfg.backbone!r} is not a ViT preset")
     arch = get_arch(get_preset(cfg.backbone).arch)
+    if not (cfg.skip_blocks or cfg.mask_blocks):
+        n = len(candidates(arch, cfg.mode))
+        if not 1 <= cfg.num_remove <= n:
+            raise ValueError(
+                f"--num-remove {cfg.num_remove}: {cfg.backbone} has {n} {cfg.mode} candidates in {cfg.mode} mode "
+                "(global-attention blocks are never removed)"
+            )
+    paths = list_images(cfg.images)
     env = D.init(cfg.device)
     try:
+        claim_out_dir(cfg, env, paths, extra_state=("prune_report.json", "prune_report.png"))
         size = cfg.image_size or arch.default_image_size
         teacher, teacher_id = build_vision_backbone(
             cfg.backbone, size, sam3_checkpoint=cfg.sam3_checkpoint or None, skip_blocks=(), device=str(env.device)
         )
         if not cfg.sam3_checkpoint and env.is_main:
             log.warning("no sam3_checkpoint: pruning a RANDOM backbone (only useful for testing)")
-        paths = list_images(cfg.images)
-        if env.is_main:
-            os.makedirs(cfg.out_dir, exist_ok=True)
         report_path = os.path.join(cfg.out_dir, "prune_report.json")
         if cfg.skip_blocks or cfg.mask_blocks:
             skip, mask = sorted(cfg.skip_blocks), parse_mask_blocks(cfg.mask_blocks)
@@ -260,6 +276,8 @@ def run(cfg: PruneConfig) -> dict:
                 cfg.calibration_batch,
                 env.device,
                 show_progress=env.is_main,
+                unreadable_log=os.path.join(cfg.out_dir, UNREADABLE_LIST) if env.is_main else "",
+                strict_images=cfg.strict_images,
             )
             if env.is_main:
                 with open(report_path, "w") as f:

@@ -15,15 +15,16 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from dart_ros.run_identity import check_run_identity, config_identity, dataset_fingerprint
 from dart_ros.training import distributed as D
-from dart_ros.training.data import ImageDataset
+from dart_ros.training.data import UNREADABLE_LIST, ImageDataset, read_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,7 @@ AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Settings shared by the distillation tools (flags of the same names).
-
-    level_weights: loss weight of the 4P², 2P² and P² levels. DART: 0.15/0.20/0.65. Detection
-        reads only the P² level, so ``0 0 1`` trains for detection alone (and skips the big levels).
-    stop_after_steps: end this run after N steps and save (time-limited jobs); re-run to resume.
-    """
+    """Settings shared by the distillation tools (flags of the same names; help in FIELD_HELP)."""
 
     images: str = ""
     out_dir: str = "runs/distill"
@@ -58,6 +54,42 @@ class TrainConfig:
     stop_after_steps: int = 0
     seed: int = 0
     device: str = "auto"
+    strict_images: bool = False
+
+    FIELD_HELP: ClassVar[Dict[str, str]] = {
+        "images": "training images: a directory (searched recursively for .jpg/.jpeg/.png/.bmp/.webp) "
+        "or a text file with one image path per line (relative to the file)",
+        "out_dir": "output folder: checkpoints, train_log.jsonl, loss.png, summary.json, config.json; "
+        "re-running the same command resumes the run recorded there",
+        "image_size": "network input side in pixels, a multiple of 14 (0 = the model's own, 1008 for SAM3)",
+        "epochs": "passes over the images",
+        "max_steps": "stop the schedule after this many optimizer steps (0 = epochs decide)",
+        "batch_size": "images per step and process",
+        "workers": "data-loading processes per training process",
+        "lr": "peak learning rate of AdamW (cosine decay per step)",
+        "min_lr_ratio": "final learning rate as a fraction of --lr",
+        "weight_decay": "AdamW weight decay",
+        "level_weights": "loss weights of the 4P², 2P² and P² feature levels, three numbers (DART: 0.15 0.20 "
+        "0.65; detection reads only P², so 0 0 1 trains for detection alone)",
+        "amp": "mixed precision on CUDA: bf16, fp16 or none",
+        "teacher_cache": "folder for cached teacher features (fp16; reused across runs with the same teacher); "
+        "empty = no cache",
+        "save_every_steps": "write last.pt (the resume point) every N steps",
+        "log_every": "log a line to train_log.jsonl every N steps (short runs log more often)",
+        "resume": "true: continue the run recorded in --out-dir if it is the same run (else stop with the "
+        "difference); false: discard that run's state and start over",
+        "stop_after_steps": "end this invocation after N steps, saving a resume point (time-limited jobs)",
+        "seed": "random seed (data order, initialisation)",
+        "device": "auto, cpu, cuda or cuda:N (under torchrun: each process its own GPU)",
+        "strict_images": "false: skip unreadable images (listed in unreadable_images.txt and the summary); "
+        "true: stop at the first one",
+    }
+    # fields that do not change what a run computes: they may differ when it is resumed
+    NOT_IDENTITY: ClassVar[Tuple[str, ...]] = (
+        "out_dir", "workers", "save_every_steps", "log_every", "resume", "stop_after_steps", "teacher_cache",
+        "device", "strict_images",
+    )  # fmt: skip
+    FILE_FIELDS: ClassVar[Tuple[str, ...]] = ()  # checkpoint paths: identified by their content
 
     def validate(self) -> "TrainConfig":
         if not self.images:
@@ -73,6 +105,41 @@ class TrainConfig:
     @property
     def active_levels(self) -> Tuple[int, ...]:
         return tuple(i for i, w in enumerate(self.level_weights) if w > 0)
+
+
+STATE_FILES = ("last.pt", "train_log.jsonl", "summary.json", "loss.png", UNREADABLE_LIST)
+
+
+def claim_out_dir(
+    cfg: TrainConfig, env: D.DistEnv, image_paths: Sequence[str], extra_state: Sequence[str] = ()
+) -> bool:
+    """Record this run's identity in ``cfg.out_dir``; True when a matching earlier run is continued.
+
+    A different earlier run stops the job (RunMismatchError) unless ``cfg.resume`` is false, in
+    which case its state files (``STATE_FILES`` + ``extra_state``) are removed first.
+    """
+    identity = config_identity(cfg, exclude=cfg.NOT_IDENTITY, files=cfg.FILE_FIELDS)
+    identity.update(world_size=env.world_size, dataset=dataset_fingerprint(image_paths))
+    state = [os.path.join(cfg.out_dir, n) for n in (*STATE_FILES, *extra_state)]
+    # every rank reads before any writes: they all take the same decision
+    resuming = check_run_identity(cfg.out_dir, identity, cfg.resume, write=False)
+    if not resuming and cfg.resume and any(os.path.exists(p) for p in state):
+        raise ValueError(
+            f"{cfg.out_dir} holds outputs of a run without a recorded identity: use a new --out-dir, "
+            "or --resume false to discard them"
+        )
+    D.barrier(env)
+    if env.is_main:
+        if not resuming:
+            for p in state:
+                if os.path.isfile(p):
+                    os.remove(p)
+        check_run_identity(cfg.out_dir, identity, resume=False, write=True)
+        from dart_ros.cliutil import dump
+
+        dump(cfg, os.path.join(cfg.out_dir, "config.json"))
+    D.barrier(env)
+    return resuming
 
 
 class LevelsForward(nn.Module):
@@ -164,7 +231,9 @@ class FeatureDistiller:
             )
         self.amp_dtype = AMP[cfg.amp] if env.device.type == "cuda" else None
         self.payload, self.restore, self.final_payload, self.prefix = payload, restore, final_payload, prefix
-        self.dataset = ImageDataset(image_paths, image_size)
+        self.dataset = ImageDataset(
+            image_paths, image_size, unreadable_log=os.path.join(cfg.out_dir, UNREADABLE_LIST), strict=cfg.strict_images
+        )
         self.sampler = DistributedSampler(
             self.dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
@@ -175,6 +244,7 @@ class FeatureDistiller:
             )
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.log_every = max(1, min(cfg.log_every, self.total_steps // 20))  # a short run still draws a curve
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=self.total_steps, eta_min=cfg.lr * cfg.min_lr_ratio
@@ -287,7 +357,7 @@ class FeatureDistiller:
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{self.last_loss:.4g}")
-                if log_file and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
+                if log_file and (self.step % self.log_every == 0 or self.step == self.total_steps):
                     log_file.write(
                         json.dumps(
                             {
@@ -323,6 +393,7 @@ class FeatureDistiller:
             "weights": self.weights,
             "images": len(self.dataset),
             "world_size": env.world_size,
+            "unreadable_images": read_unreadable(self._ckpt_path(UNREADABLE_LIST)),
         }
         if env.is_main:
             torch.save(self.final_payload(final_epoch, self.last_loss), self._ckpt_path(f"{self.prefix}_final.pt"))
@@ -344,7 +415,8 @@ def plot_log(log_path: str, png_path: str) -> None:
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="weighted MSE")
+    marker = "o" if len(rows) < 30 else None  # a handful of points: show each
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=marker, label="weighted MSE")
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="distillation loss")
     ax.grid(True, alpha=0.3)
     ax.legend()
