@@ -403,7 +403,10 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of playback per probe")
     ap.add_argument("--min-frames", type=int, default=10, help="frames per probe at least")
     ap.add_argument("--drain-s", type=float, default=3.0, help="wait for late detections after a probe")
-    ap.add_argument("--fixed-rates", type=float, nargs="*", default=[10.0, 15.0, 30.0, 60.0])
+    ap.add_argument(
+        "--fixed-rates", type=float, nargs="*", default=[10.0, 15.0, 30.0, 60.0],
+        help="rates (Hz) measured after the search, those at or below 1.05x the found maximum",
+    )  # fmt: skip
     ap.add_argument("--iterations", type=int, default=5, help="probes per fixed rate (best and worst dropped)")
     ap.add_argument("--title", default="", help="plot title")
     ap.add_argument("--out", default="artifacts/ros_benchmark", help="writes <out>.json and <out>.png")

@@ -296,7 +296,8 @@ def test_a_short_run_logs_every_step(dataset, tmp_path):
 
 # ------------------------------------------------------------------------------------- 5. help texts
 
-TOOLS = ("eval_coco.py", "autolabel.py", "distill.py", "prune.py", "export_onnx.py", "benchmark.py")
+TOOLS = ("eval_coco.py", "autolabel.py", "distill.py", "prune.py", "export_onnx.py", "benchmark.py", "ros_benchmark.py",
+         "synthetic_coco.py")  # fmt: skip
 
 
 @pytest.mark.parametrize("tool", TOOLS)
@@ -392,3 +393,25 @@ def test_the_onnx_pair_runs_from_its_files_alone(tmp_path):
     assert [g[0] for g in got] == want.labels
     np.testing.assert_allclose([g[1] for g in got], want.scores, atol=1e-4)
     np.testing.assert_allclose([g[2:] for g in got], want.boxes, atol=0.05)
+
+
+# ------------------------------------------------------------------------- the docs' worked examples
+
+
+def test_the_worked_examples_in_the_docs_run(tmp_path):
+    """docs/offline.md's "Worked examples" block, line by line, into a temporary folder."""
+    docs = open(os.path.join(os.path.dirname(ROOT), "docs", "offline.md")).read()
+    block = docs.split("## Worked examples", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    block = block.replace("/tmp/dart_tiny", str(tmp_path / "tiny")).replace("/tmp/dart_runs", str(tmp_path / "runs"))
+    lines = [ln for ln in block.splitlines() if ln.strip()]
+    assert sum(ln.startswith("python offline/") for ln in lines) >= 8
+    script = 'set -e\npython() { "$DART_PYTHON" "$@"; }\n' + "\n".join(lines) + "\n"
+    env = dict(os.environ, DART_PYTHON=sys.executable)
+    res = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    runs = tmp_path / "runs"
+    eval_results = json.loads((runs / "eval" / "results.json").read_text())
+    assert eval_results["protocol"] == "nms" and eval_results["images"] == 8
+    assert (runs / "distill" / "adapter_final.pt").exists() and (runs / "prune" / "pruned_final.pt").exists()
+    assert json.loads((runs / "distill" / "summary.json").read_text())["steps"] == 8
+    assert (runs / "labels" / "annotations.json").exists() and (runs / "onnx" / "prompts.npz").exists()
