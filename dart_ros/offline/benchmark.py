@@ -29,6 +29,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from dart_ros.cliutil import add_debug_flag, cli_main
 from dart_ros.coco import COCO_CLASSES
 from dart_ros.config import PRECISIONS, DetectorConfig
 from dart_ros.detector import Detector
@@ -264,7 +265,7 @@ def plot(results, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv=None) -> int:
+def body(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--backbones", nargs="+", default=list(FULL_SIZE_BACKBONES), choices=FULL_SIZE_BACKBONES,
@@ -288,6 +289,7 @@ def main(argv=None) -> int:
         help="fast levels: torch's cuBLASLt pick for the ViT's GEMMs even with nvmath-python installed",
     )
     ap.add_argument("--out", default="artifacts/benchmark", help="output path prefix: <out>.json and <out>.png")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmark.py measures GPU speed: no CUDA device")
@@ -317,6 +319,10 @@ def main(argv=None) -> int:
         print(f"  {k:32s} {v:6.1f}x")
     print(f"wrote {args.out}.json and {args.out}.png")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli_main(body, argv)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from dart_ros.cliutil import add_debug_flag, cli_main
 from dart_ros.evaluation.rate_search import ProbeResult, SearchResult, conclude, probe_result, search_max_rate
 
 KEY_BASE = 1_000_000  # message keys in header.stamp.sec: far from any real epoch second of a bag
@@ -367,7 +368,7 @@ def print_table(report: Dict[str, object]) -> None:
         )
 
 
-def main(argv=None) -> int:
+def body(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--bag", help="rosbag2 directory or .mcap/.db3 file")
@@ -410,6 +411,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=5, help="probes per fixed rate (best and worst dropped)")
     ap.add_argument("--title", default="", help="plot title")
     ap.add_argument("--out", default="artifacts/ros_benchmark", help="writes <out>.json and <out>.png")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     report = run(args)
     print_table(report)
@@ -420,6 +422,10 @@ def main(argv=None) -> int:
         plot(report, args.out + ".png")
         print(f"wrote {args.out}.json and {args.out}.png")
     return 0 if report["max_rate_hz"] is not None else 1
+
+
+def main(argv=None) -> int:
+    return cli_main(body, argv)
 
 
 if __name__ == "__main__":
