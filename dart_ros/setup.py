@@ -22,7 +22,9 @@ def package_version() -> str:
 
 
 def requirements() -> list:
-    with open(os.path.join(HERE, "requirements.txt"), encoding="utf-8") as f:
+    # realpath: colcon's --symlink-install runs a symlink of this file from a build folder that
+    # holds links to setup.py, setup.cfg and package.xml only
+    with open(os.path.join(os.path.dirname(os.path.realpath(__file__)), "requirements.txt"), encoding="utf-8") as f:
         return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
 
 
