@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from dart_ros.postprocess import NMS_MODES, PostprocessParams
 from dart_ros.presets import DEFAULT_BACKBONE, LAUNCH_BACKBONES, get_preset
@@ -81,6 +81,7 @@ class DetectorConfig:
     tune_gemms: bool = True
 
     classes: List[str] = dataclasses.field(default_factory=list)
+    class_thresholds: List[float] = dataclasses.field(default_factory=list)
     max_classes: int = 1000
     max_class_name_chars: int = 200
     text_cache: str = ""
@@ -117,6 +118,8 @@ class DetectorConfig:
             raise ValueError(f"max_detections must be >= 0 (0 = unlimited), got {self.max_detections}")
         if self.max_classes_per_chunk < 1:
             raise ValueError(f"max_classes_per_chunk must be >= 1, got {self.max_classes_per_chunk}")
+        for t in self.class_thresholds:
+            check_threshold("class_thresholds", t)
         if self.max_classes < 1 or self.max_class_name_chars < 1:
             raise ValueError("max_classes and max_class_name_chars must be >= 1")
         return self
@@ -157,7 +160,10 @@ FIELD_HELP = {
     "compile_kernels": "fast runtime: torch.compile the backbone's small element-wise work",
     "compile_encdec": "fast runtime: torch.compile the encoder and decoder loops (minutes at first start)",
     "tune_gemms": "fast runtime: time cuBLASLt algorithms for the ViT's GEMMs at start-up (needs nvmath-python)",
-    "classes": "vocabulary (text prompts); also changed by the set_classes service",
+    "classes": "vocabulary: class names, each its own text prompt, or name=prompt|prompt|... for a class "
+    "described by several prompts (merged, best score kept); also changed by the set_classes service",
+    "class_thresholds": "a confidence threshold per class of 'classes', in [0, 1) (empty = "
+    "confidence_threshold for every class)",
     "max_classes": "largest vocabulary accepted",
     "max_class_name_chars": "longest class name accepted, in characters",
     "text_cache": "file of cached text features (keyed by the text encoder's weights)",
@@ -193,3 +199,17 @@ def parse_name_groups(text: str) -> List[List[str]]:
         if names:
             groups.append(names)
     return groups
+
+
+def parse_class_spec(spec: str) -> Tuple[str, List[str]]:
+    """``"person=person|pedestrian|worker"`` -> ("person", ["person", "pedestrian", "worker"]): an
+    output class described by several prompts; ``"car"`` -> ("car", ["car"]). Whitespace is
+    normalised; empty prompts are dropped."""
+    name, sep, rest = spec.partition("=")
+    name = " ".join(name.split())
+    prompts = [" ".join(p.split()) for p in rest.split("|") if p.strip()] if sep else [name]
+    return name, prompts
+
+
+def format_class_spec(name: str, prompts: Sequence[str]) -> str:
+    return name if list(prompts) == [name] else f"{name}={'|'.join(prompts)}"

@@ -23,7 +23,7 @@ import torch
 from dart_ros.config import RUNTIME_FIELDS, DetectorConfig
 from dart_ros.model import encdec
 from dart_ros.model.registry import DartModel, build_model
-from dart_ros.postprocess import to_detections
+from dart_ros.postprocess import PostprocessParams, to_detections
 from dart_ros.preprocess import ResizeInfo, preprocess
 from dart_ros.runtime.interface import PreparedPrompt
 from dart_ros.runtime.registry import build_runners, resolve_precision
@@ -42,10 +42,13 @@ class Vocabulary:
     """An immutable, device-resident vocabulary. Swapped as a whole, never edited.
 
     Attributes:
-        names: class names; index = class id.
+        names: output class names; index = class id.
         version: increases by one with every accepted change.
-        text: (T, N, C) seq-first text features; mask: (N, T) bool, True = padding.
+        text: (T, N, C) seq-first text features of the N prompts; mask: (N, T) bool, True = padding.
         prompt: the same, prepared by the encoder-decoder runner (cached projections …).
+        prompts: the N text prompts (a class described by several prompts has several rows).
+        prompt_classes: the output class of each prompt.
+        thresholds: a confidence threshold per output class; empty = the configured global one.
     """
 
     names: Tuple[str, ...]
@@ -53,6 +56,27 @@ class Vocabulary:
     text: torch.Tensor
     mask: torch.Tensor
     prompt: PreparedPrompt
+    prompts: Tuple[str, ...] = ()
+    prompt_classes: Tuple[int, ...] = ()
+    thresholds: Tuple[float, ...] = ()
+
+    @property
+    def specs(self) -> List[str]:
+        """The vocabulary as class specs (``name`` or ``name=prompt|prompt``), as set_classes takes it."""
+        from dart_ros.config import format_class_spec
+
+        rows: List[List[str]] = [[] for _ in self.names]
+        for p, c in zip(self.prompts, self.prompt_classes, strict=True):
+            rows[c].append(p)
+        return [format_class_spec(n, r) for n, r in zip(self.names, rows, strict=True)]
+
+    def postprocess_params(self, base: PostprocessParams) -> PostprocessParams:
+        """``base`` with this vocabulary's per-class thresholds and prompt merging."""
+        merged = list(self.prompt_classes) != list(range(len(self.prompt_classes)))
+        if not self.thresholds and not merged:
+            return base
+        rows = tuple(self.thresholds[c] for c in self.prompt_classes) if self.thresholds else ()
+        return dataclasses.replace(base, row_thresholds=rows, row_classes=tuple(self.prompt_classes) if merged else ())
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -115,6 +139,18 @@ class Detector:
     def classes(self) -> List[str]:
         v = self._vocab
         return list(v.names) if v else []
+
+    @property
+    def class_specs(self) -> List[str]:
+        """The active vocabulary as set_classes takes it (``name`` or ``name=prompt|prompt``)."""
+        v = self._vocab
+        return v.specs if v else []
+
+    @property
+    def class_thresholds(self) -> List[float]:
+        """The active per-class thresholds; empty when the global one applies to every class."""
+        v = self._vocab
+        return list(v.thresholds) if v else []
 
     @property
     def vocabulary(self) -> Optional[Vocabulary]:
@@ -189,15 +225,47 @@ class Detector:
         return len(self._tokenizer.encode(name))
 
     def validate_classes(self, names: Iterable[str]) -> List[str]:
-        """Normalise and check a vocabulary; raises :class:`InvalidClassesError` with the reason."""
+        """Normalise and check a vocabulary of class specs (``name`` or ``name=prompt|prompt|...``);
+        returns the specs, normalised. Raises :class:`InvalidClassesError` with the reason."""
+        from dart_ros.config import format_class_spec, parse_class_spec
+
         if isinstance(names, str):
             raise InvalidClassesError("classes must be a list of names, not a single string")
         names = list(names)
         if not names:
             raise InvalidClassesError("the class list is empty")
-        cleaned: List[str] = []
-        seen = set()
-        dups = []
+        if any(not isinstance(n, str) for n in names):
+            i = next(i for i, n in enumerate(names) if not isinstance(n, str))
+            raise InvalidClassesError(f"class {i} is a {type(names[i]).__name__}, not a string")
+        specs = [parse_class_spec(n) for n in names]
+        for i, (name, _) in enumerate(specs):
+            if not name:
+                raise InvalidClassesError(f"class {i} is empty")
+        prompts = [p for _, ps in specs for p in ps]
+        owner = {}
+        for name, ps in specs:
+            if "=" in name or "|" in name:
+                raise InvalidClassesError(f"class name {name!r} contains '=' or '|' (they separate prompts)")
+            if not ps and name:
+                raise InvalidClassesError(f"class {name!r} has no prompts after '='")
+            for p in ps:
+                if owner.setdefault(p, name) != name:
+                    raise InvalidClassesError(f"prompt {p!r} belongs to two classes: {owner[p]!r} and {name!r}")
+        self._validate_prompts(prompts)
+        cleaned, seen, dups = [], set(), []
+        for name, ps in specs:
+            if name in seen:
+                dups.append(name)
+                continue
+            seen.add(name)
+            cleaned.append(format_class_spec(name, ps))
+        if dups:
+            log.warning("dropped duplicate class names: %s", ", ".join(sorted(set(dups))))
+        if len(cleaned) > self.config.max_classes:
+            raise InvalidClassesError(f"{len(cleaned)} classes requested; the limit is {self.config.max_classes}")
+        return cleaned
+
+    def _validate_prompts(self, names: List[str]) -> None:
         limit_tokens = self.model.arch.context_length - 2  # start and end tokens
         for i, raw in enumerate(names):
             if not isinstance(raw, str):
@@ -213,25 +281,39 @@ class Detector:
                 raise InvalidClassesError(
                     f"class {name[:40]!r} is longer than the text encoder's {limit_tokens} tokens"
                 )
-            if name in seen:
-                dups.append(name)
-                continue
-            seen.add(name)
-            cleaned.append(name)
-        if dups:
-            log.warning("dropped duplicate class names: %s", ", ".join(sorted(set(dups))))
-        if len(cleaned) > self.config.max_classes:
-            raise InvalidClassesError(f"{len(cleaned)} classes requested; the limit is {self.config.max_classes}")
-        return cleaned
 
     @torch.inference_mode()
-    def set_classes(self, names: Sequence[str]) -> List[str]:
-        """Validate, encode the names not cached yet, and swap the vocabulary atomically.
+    def set_classes(self, names: Sequence[str], thresholds: Optional[Sequence[float]] = None) -> List[str]:
+        """Validate, encode the prompts not cached yet, and swap the vocabulary atomically.
 
-        Returns the active class list. On any error the previous vocabulary stays active.
+        ``names``: class specs: ``"person"`` (the name is the prompt) or
+        ``"person=person|pedestrian|worker"`` (an output class described by several prompts; they run
+        as classes of their own and merge into it before NMS, so the best-scored box survives).
+        ``thresholds``: one confidence threshold per class, replacing the global one for that class
+        (empty or None: the global ``confidence_threshold`` for all).
+        Returns the active class names. On any error the previous vocabulary stays active.
         """
-        cleaned = self.validate_classes(names)
-        missing = self.text_cache.missing(cleaned)
+        from dart_ros.config import check_threshold, parse_class_spec
+
+        specs = self.validate_classes(names)
+        parsed = [parse_class_spec(spec) for spec in specs]
+        if thresholds:
+            thresholds = [float(t) for t in thresholds]
+            if len(thresholds) != len(list(names)):
+                raise InvalidClassesError(
+                    f"{len(thresholds)} thresholds for {len(list(names))} classes: give one per class, or none"
+                )
+            by_name = {}
+            for spec, t in zip(names, thresholds, strict=True):
+                try:
+                    check_threshold("threshold", t)
+                except ValueError as e:
+                    raise InvalidClassesError(f"class {parse_class_spec(spec)[0]!r}: {e}") from None
+                by_name.setdefault(parse_class_spec(spec)[0], t)
+            thresholds = tuple(by_name[name] for name, _ in parsed)
+        prompts = [p for _, ps in parsed for p in ps]
+        prompt_classes = tuple(i for i, (_, ps) in enumerate(parsed) for _ in ps)
+        missing = self.text_cache.missing(prompts)
         if missing:
             if not self.model.has_text_encoder:
                 raise InvalidClassesError(
@@ -242,17 +324,20 @@ class Detector:
             self.text_cache.put(missing, feats, masks)
             if self.config.text_cache:
                 self.text_cache.save()
-        entries = self.text_cache.get(cleaned)
+        entries = self.text_cache.get(prompts)
         text = torch.stack([e[0] for e in entries], dim=1).to(self.device)
         mask = torch.stack([e[1] for e in entries], dim=0).to(self.device)
         prompt = self.runners.encdec.prepare(text, mask)
         if self.device.type == "cuda":
             # The pipeline reads the vocabulary from other streams: the copies must be complete.
             torch.cuda.current_stream(self.device).synchronize()
+        names_out = tuple(name for name, _ in parsed)
         with self._vocab_lock:
             version = self.vocabulary_version + 1
-            self._vocab = Vocabulary(tuple(cleaned), version, text, mask, prompt)
-        return list(cleaned)
+            self._vocab = Vocabulary(
+                names_out, version, text, mask, prompt, tuple(prompts), prompt_classes, tuple(thresholds or ())
+            )
+        return list(names_out)
 
     # ------------------------------------------------------------------ inference stages
 
@@ -277,7 +362,7 @@ class Detector:
     def postprocess(self, raw: encdec.EncDecOutput, info: ResizeInfo, vocab: Optional[Vocabulary] = None) -> Detections:
         """Raw outputs of one image -> Detections in source pixels, with the current thresholds."""
         vocab = vocab or self._require_vocab()
-        return to_detections(raw, info, vocab.names, self._post)
+        return to_detections(raw, info, vocab.names, vocab.postprocess_params(self._post))
 
     @torch.inference_mode()
     def warm_up(self) -> float:

@@ -27,6 +27,10 @@ class PostprocessParams:
     nms_groups: for ``grouped``, tuples of class indices that suppress each other.
     max_detections: top-k by score over all classes (0 = unlimited).
     clip_boxes: clip boxes to the source image.
+    row_thresholds: a threshold per score row (prompt), replacing ``confidence_threshold``
+        (empty = the global one for every row).
+    row_classes: the output class of each score row: several prompts of one class merge into it
+        before NMS, so the best-scored of overlapping boxes survives (empty = row i is class i).
     """
 
     confidence_threshold: float = 0.3
@@ -35,6 +39,11 @@ class PostprocessParams:
     nms_groups: Tuple[Tuple[int, ...], ...] = ()
     max_detections: int = 100
     clip_boxes: bool = True
+    row_thresholds: Tuple[float, ...] = ()
+    row_classes: Tuple[int, ...] = ()
+
+    def lowest_threshold(self) -> float:
+        return min(self.row_thresholds) if self.row_thresholds else self.confidence_threshold
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -78,10 +87,16 @@ def postprocess(
     """
     from torchvision.ops import batched_nms
 
-    keep = scores > params.confidence_threshold
+    if params.row_thresholds:
+        thresholds = torch.tensor(params.row_thresholds, device=scores.device, dtype=scores.dtype)[:, None]
+        keep = scores > thresholds
+    else:
+        keep = scores > params.confidence_threshold
     class_ids, query_ids = keep.nonzero(as_tuple=True)
     sel_scores = scores[class_ids, query_ids].float()
     boxes = cxcywh_to_xyxy(boxes_cxcywh[class_ids, query_ids].float())
+    if params.row_classes:  # prompts -> their output class, before NMS
+        class_ids = torch.tensor(params.row_classes, device=class_ids.device, dtype=torch.long)[class_ids]
     sx, sy = scale_xy
     boxes = boxes * torch.tensor([sx, sy, sx, sy], device=boxes.device, dtype=boxes.dtype)
     if params.clip_boxes:
@@ -128,7 +143,7 @@ def to_detections(
     if scores.is_cuda:
         host_scores, host_boxes = scores.to("cpu", non_blocking=True), boxes.to("cpu", non_blocking=True)
         torch.cuda.current_stream(scores.device).synchronize()
-        candidates = int((host_scores > params.confidence_threshold).sum())
+        candidates = int((host_scores > params.lowest_threshold()).sum())
         if candidates <= host_nms_max_candidates or params.nms_iou >= 1.0:
             scores, boxes = host_scores, host_boxes
     boxes, scores, ids = postprocess(scores, boxes, (info.scale_x, info.scale_y), info.source_hw, params)

@@ -141,6 +141,7 @@ NON_DEFAULT = {
     "image": "/cam/other",
     "compressed": "true",
     "classes": "person, forklift",
+    "class_thresholds": "0.4, 0.2",
     "sam3_checkpoint": "/m/sam3.pt",
     "backbone_checkpoint": "/m/student.pt",
     "device": "cpu",
@@ -165,6 +166,10 @@ def test_every_declared_launch_argument_changes_what_is_launched():
         launch_from_arguments({"imagee": "/x"}, CONFIG)
     with pytest.raises(ValueError, match="must be true or false"):
         launch_from_arguments({"use_rviz": "yes please"}, CONFIG)
+    with pytest.raises(ValueError, match="must be numbers"):
+        launch_from_arguments({"class_thresholds": "high, low"}, CONFIG)
+    (node,) = launch_from_arguments({"classes": "person=person|worker, car", "class_thresholds": "0.4, 0.2"}, CONFIG)
+    assert node.parameters[-1] == {"classes": ["person=person|worker", "car"], "class_thresholds": [0.4, 0.2]}
 
 
 def test_the_launch_file_declares_the_tested_arguments_and_nothing_else():

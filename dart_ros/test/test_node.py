@@ -207,6 +207,47 @@ def test_parameter_updates_apply_and_are_validated(ros, rng):
     assert set_("classes", ["person", "car"]).successful and set_("max_detections", 10).successful
 
 
+def test_per_class_thresholds_and_aliases_over_the_service_and_parameters(ros, rng):
+    from dart_ros_interfaces.srv import SetClasses
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    params = AsyncParameterClient(ros.client.node, "dart")
+    assert params.wait_for_services(timeout_sec=20)
+
+    def get(name):
+        fut = params.get_parameters([name])
+        ros.client.spin_until(fut.done, 30, f"get {name}")
+        return Parameter.from_parameter_msg(type("P", (), {"name": name, "value": fut.result().values[0]})()).value
+
+    def set_(name, value):
+        fut = params.set_parameters([Parameter(name, value=value)])
+        ros.client.spin_until(fut.done, 30, f"set {name}")
+        return fut.result().results[0]
+
+    def class_ids(out):
+        return [d.results[0].hypothesis.class_id for d in out.detections]
+
+    # an alias class: its prompts merge into one output class name
+    req = SetClasses.Request(classes=["person=person|pedestrian|worker", "car"], thresholds=[0.0, 0.999])
+    res = ros.client.call(ros.set_classes, req)
+    assert res.success and list(res.classes) == ["person", "car"], res.message
+    assert get("classes") == ["person=person|pedestrian|worker", "car"]
+    assert list(get("class_thresholds")) == pytest.approx([0.0, 0.999])
+    out = send_and_wait(ros, image_msg(rng, 100, 100))
+    assert class_ids(out) and set(class_ids(out)) == {"person"}  # car is held back by its 0.999
+    # thresholds through the parameter; a count that does not fit is refused, the previous kept
+    assert set_("class_thresholds", [0.999, 0.0]).successful
+    assert set(class_ids(send_and_wait(ros, image_msg(rng, 100, 100)))) == {"car"}
+    assert not set_("class_thresholds", [0.1]).successful
+    assert not set_("classes", ["bus"]).successful  # 1 class, 2 thresholds
+    bad = ros.client.call(ros.set_classes, SetClasses.Request(classes=["a", "b"], thresholds=[0.2, 1.5]))
+    assert not bad.success and "threshold must be in [0, 1)" in bad.message and list(bad.classes) == ["person", "car"]
+    # an empty thresholds list: the global confidence_threshold for every class again
+    res = ros.client.call(ros.set_classes, SetClasses.Request(classes=["person", "car"]))
+    assert res.success and list(get("class_thresholds")) == [] and get("classes") == ["person", "car"]
+
+
 def test_enable_disable(ros, rng):
     from std_srvs.srv import SetBool
 

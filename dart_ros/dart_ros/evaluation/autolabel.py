@@ -100,7 +100,7 @@ def run(cfg: AutolabelConfig, det_cfg) -> dict:
     from tqdm import tqdm
 
     from dart_ros.cliutil import dump
-    from dart_ros.config import parse_name_groups
+    from dart_ros.config import parse_class_spec, parse_name_groups
     from dart_ros.detector import Detector
     from dart_ros.evaluation.coco import CHECKPOINT_FIELDS, RUNTIME_FIELDS
     from dart_ros.image_decode import to_rgb
@@ -116,9 +116,10 @@ def run(cfg: AutolabelConfig, det_cfg) -> dict:
     if is_bag and not cfg.topic:
         raise ValueError("a rosbag source needs --topic")
     groups = parse_name_groups(cfg.merge_groups)
-    unknown = sorted({n for g in groups for n in g} - set(det_cfg.classes))
+    class_names = [parse_class_spec(c)[0] for c in det_cfg.classes]
+    unknown = sorted({n for g in groups for n in g} - set(class_names))
     if unknown:
-        raise ValueError(f"--merge-groups names {unknown} are not among --classes {list(det_cfg.classes)}")
+        raise ValueError(f"--merge-groups names {unknown} are not among --classes {class_names}")
 
     identity = config_identity(cfg, exclude=("out_dir", "max_frames", "resume", "strict_images"))
     identity["source"] = _source_identity(cfg.source, is_bag)
@@ -134,7 +135,7 @@ def run(cfg: AutolabelConfig, det_cfg) -> dict:
     dump({"autolabel": cfg, "detector": det_cfg}, os.path.join(cfg.out_dir, "config.json"))
 
     detector = Detector(det_cfg)
-    names = detector.set_classes(det_cfg.classes)
+    names = detector.set_classes(det_cfg.classes, det_cfg.class_thresholds)
     if groups:
         index = {n: i for i, n in enumerate(names)}
         detector.update(

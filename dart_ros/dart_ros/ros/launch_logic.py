@@ -88,7 +88,12 @@ LAUNCH_ARGUMENTS: Dict[str, Tuple[str, str]] = {
     "backbone": (DEFAULT_BACKBONE, "one of: " + ", ".join(LAUNCH_BACKBONES)),
     "image": ("/camera/image_raw", "input image topic (sensor_msgs/Image; the base topic with compressed:=true)"),
     "compressed": ("false", "subscribe <image>/compressed (sensor_msgs/CompressedImage) instead"),
-    "classes": ("", 'vocabulary, e.g. "person, forklift" (default: the preset\'s)'),
+    "classes": (
+        "",
+        'vocabulary, e.g. "person, forklift"; a class with several prompts: "person=person|worker, forklift" '
+        "(default: the preset's)",
+    ),
+    "class_thresholds": ("", 'a confidence threshold per class, e.g. "0.4, 0.2" (default: the global one)'),
     "sam3_checkpoint": ("", "path of sam3.pt (empty: the preset file's value)"),
     "backbone_checkpoint": ("", "DART student or pruned checkpoint"),
     "device": ("", "cuda, cuda:1, cpu (empty: the preset's)"),
@@ -120,6 +125,7 @@ def launch_from_arguments(values: Dict[str, str], directory: Optional[str] = Non
         backbone=v["backbone"],
         image=v["image"],
         classes=v["classes"],
+        class_thresholds=v["class_thresholds"],
         namespace=v["namespace"],
         node_name=v["node_name"],
         sam3_checkpoint=v["sam3_checkpoint"],
@@ -162,6 +168,7 @@ def detector_launch(
     backbone: str = DEFAULT_BACKBONE,
     image: str = "/camera/image_raw",
     classes: str = "",
+    class_thresholds: str = "",
     namespace: str = "",
     node_name: str = "dart",
     sam3_checkpoint: str = "",
@@ -179,6 +186,11 @@ def detector_launch(
     overrides: Dict[str, object] = {}
     if classes:
         overrides["classes"] = parse_classes(classes)
+    if class_thresholds:
+        try:
+            overrides["class_thresholds"] = [float(t) for t in parse_classes(class_thresholds)]
+        except ValueError:
+            raise ValueError(f'class_thresholds:={class_thresholds} must be numbers, e.g. "0.4, 0.2"') from None
     if sam3_checkpoint:
         overrides["sam3_checkpoint"] = os.path.expanduser(sam3_checkpoint)
     if backbone_checkpoint:

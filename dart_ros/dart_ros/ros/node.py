@@ -118,7 +118,7 @@ class DetectorWiring:
         initial_classes = list(self._det_cfg.classes)
         if initial_classes:
             try:
-                self._apply_classes(initial_classes)
+                self._apply_classes(initial_classes, self._det_cfg.class_thresholds)
             except (InvalidClassesError, ValueError) as e:
                 self._problem("error", f"initial classes rejected: {e}", key="initial_classes")
         else:
@@ -299,15 +299,21 @@ class DetectorWiring:
 
     # ------------------------------------------------------------------ vocabulary and settings
 
-    def _apply_classes(self, names, update_parameter: bool = True) -> list:
-        """Set the vocabulary (raises on rejection: the previous one stays) and announce it."""
-        active = self.detector.set_classes(names)
-        self._det_cfg.classes = list(active)
+    def _apply_classes(self, names, thresholds=(), update_parameter: bool = True) -> list:
+        """Set the vocabulary and its per-class thresholds (raises on rejection: the previous ones
+        stay) and announce it."""
+        active = self.detector.set_classes(names, list(thresholds))
+        self._det_cfg.classes = self.detector.class_specs
+        self._det_cfg.class_thresholds = self.detector.class_thresholds
         self._apply_nms_groups(self.cfg.nms_groups)
         self._publish_label_info()
         if update_parameter:
-            self._set_parameter_quietly("classes", active)
-        self.get_logger().info(f"vocabulary v{self.detector.vocabulary_version}: {', '.join(active)}")
+            self._set_parameter_quietly("classes", self.detector.class_specs)
+            self._set_parameter_quietly("class_thresholds", [float(t) for t in self.detector.class_thresholds])
+        limits = self.detector.class_thresholds
+        shown = ", ".join(f"{c} (> {t:g})" for c, t in zip(active, limits, strict=True)) if limits else None
+        shown = shown or ", ".join(active)
+        self.get_logger().info(f"vocabulary v{self.detector.vocabulary_version}: {shown}")
         return active
 
     def _apply_nms_groups(self, text: str) -> None:
@@ -329,13 +335,17 @@ class DetectorWiring:
 
         self._internal_param_update = True
         try:
-            self.set_parameters([Parameter(name, value=value)])
+            if name == "class_thresholds":  # an empty list has no type of its own
+                param = Parameter(name, Parameter.Type.DOUBLE_ARRAY, [float(v) for v in value])
+            else:
+                param = Parameter(name, value=value)
+            self.set_parameters([param])
         finally:
             self._internal_param_update = False
 
     def _on_set_classes(self, request, response):
         try:
-            response.classes = self._apply_classes(list(request.classes))
+            response.classes = self._apply_classes(list(request.classes), list(request.thresholds))
             response.success = True
             response.message = (
                 f"{len(response.classes)} classes active (vocabulary v{self.detector.vocabulary_version})"
@@ -364,21 +374,32 @@ class DetectorWiring:
         if self._internal_param_update:
             return SetParametersResult(successful=True)
         try:
-            det, node, classes = split_changes(params)
+            det, node, vocab = split_changes(params)
             candidate_det = dataclasses.replace(self._det_cfg, **det).validate()
             candidate = dataclasses.replace(self.cfg, **node).validate()
             if self.detector is None:  # lifecycle node, not configured: remembered for configure
-                if classes is not None:
-                    if not classes or not all(c.strip() for c in classes):
+                if "classes" in vocab:
+                    if not vocab["classes"] or not all(c.strip() for c in vocab["classes"]):
                         raise ValueError("classes must be a non-empty list of non-empty names")
-                    candidate_det.classes = list(classes)
-                self._det_cfg, self.cfg = candidate_det, candidate
+                    candidate_det.classes = list(vocab["classes"])
+                if "class_thresholds" in vocab:
+                    candidate_det.class_thresholds = vocab["class_thresholds"]
+                self._det_cfg, self.cfg = candidate_det.validate(), candidate
                 return SetParametersResult(successful=True)
-            if classes is not None:
-                self._apply_classes(classes, update_parameter=False)
+            if vocab:
+                names = vocab.get("classes", self.detector.class_specs)
+                thresholds = vocab.get("class_thresholds", self.detector.class_thresholds)
+                if thresholds and len(thresholds) != len(names):
+                    raise ValueError(
+                        f"{len(names)} classes but {len(thresholds)} class_thresholds: set both together "
+                        "(or class_thresholds to [] first)"
+                    )
+                self._apply_classes(names, thresholds, update_parameter=False)
             if det:
                 self.detector.update(**det)
-            self._det_cfg = dataclasses.replace(candidate_det, classes=self.detector.classes)
+            self._det_cfg = dataclasses.replace(
+                candidate_det, classes=self.detector.class_specs, class_thresholds=self.detector.class_thresholds
+            )
             self.cfg = candidate
             if "nms_groups" in node:
                 self._apply_nms_groups(candidate.nms_groups)

@@ -89,7 +89,9 @@ def _ros_value(field: dataclasses.Field, value):
     if field.name == "skip_blocks":
         return "" if value is None else ",".join(str(i) for i in value)
     if isinstance(value, list):
-        return list(value) if value else Parameter.Type.STRING_ARRAY
+        if value:
+            return [float(v) for v in value] if field.name == "class_thresholds" else list(value)
+        return Parameter.Type.DOUBLE_ARRAY if field.name == "class_thresholds" else Parameter.Type.STRING_ARRAY
     return value
 
 
@@ -104,6 +106,8 @@ def _config_value(name: str, value, default):
         except ValueError:
             raise ValueError(f"skip_blocks must be comma-separated integers, got {value!r}") from None
     if isinstance(default, list):
+        if name == "class_thresholds":
+            return [float(v) for v in (list(value) if value is not None else [])]
         return list(value or [])
     if isinstance(default, float) and isinstance(value, int):
         return float(value)
@@ -121,8 +125,11 @@ def parameter_fields() -> List[Tuple[str, Any, dataclasses.Field]]:
     return out
 
 
+VOCABULARY_FIELDS = ("classes", "class_thresholds")
+
+
 def is_dynamic(name: str) -> bool:
-    return name == "classes" or name in RUNTIME_FIELDS or name in NODE_RUNTIME_FIELDS
+    return name in VOCABULARY_FIELDS or name in RUNTIME_FIELDS or name in NODE_RUNTIME_FIELDS
 
 
 def declare_parameters(node, overrides: Optional[Dict[str, Any]] = None) -> Tuple[DetectorConfig, NodeConfig]:
@@ -143,19 +150,28 @@ def declare_parameters(node, overrides: Optional[Dict[str, Any]] = None) -> Tupl
     return DetectorConfig(**det_kwargs).validate(), NodeConfig(**node_kwargs).validate()
 
 
-def split_changes(params) -> Tuple[Dict[str, Any], Dict[str, Any], Optional[List[str]]]:
-    """rclpy Parameters -> (Detector run-time changes, node changes, new classes or None).
+def split_changes(params) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, list]]:
+    """rclpy Parameters -> (Detector run-time changes, node changes, vocabulary changes: ``classes``
+    and/or ``class_thresholds``).
 
     Raises ValueError for unknown or read-only names and for values of the wrong type.
     """
     defaults_det, defaults_node = DetectorConfig(), NodeConfig()
-    det, node, classes = {}, {}, None
+    det, node, vocab = {}, {}, {}
     for p in params:
         if p.name == "classes":
             value = p.value
             if value is None or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ValueError("classes must be a list of strings")
-            classes = list(value)
+            vocab["classes"] = list(value)
+        elif p.name == "class_thresholds":
+            value = p.value if p.value is not None else []
+            value = list(value) if not isinstance(value, (str, bytes)) and hasattr(value, "__iter__") else value
+            if not isinstance(value, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            ):
+                raise ValueError("class_thresholds must be a list of numbers")
+            vocab["class_thresholds"] = [float(v) for v in value]
         elif p.name in RUNTIME_FIELDS and p.name not in DETECTOR_EXCLUDED:
             det[p.name] = _typed(p.name, p.value, getattr(defaults_det, p.name))
         elif p.name in NODE_RUNTIME_FIELDS:
@@ -164,7 +180,7 @@ def split_changes(params) -> Tuple[Dict[str, Any], Dict[str, Any], Optional[List
             continue
         else:
             raise ValueError(f"parameter {p.name!r} cannot change at run time")
-    return det, node, classes
+    return det, node, vocab
 
 
 def _typed(name, value, default):
