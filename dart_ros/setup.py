@@ -46,7 +46,7 @@ setup(
         "offline": ["pycocotools>=2.0.7", "matplotlib", "onnx", "onnxruntime", "rosbags>=0.10"],
         # CUDA machines: cuBLASLt algorithm choice for the ViT's GEMMs (DetectorConfig.tune_gemms)
         "gpu": ["nvmath-python>=1.0"],
-        "test": ["pytest>=7", "pytest-rerunfailures", "ruff==0.17.6"],
+        "test": ["pytest>=7", "pytest-rerunfailures", "ruff==0.17.6", "motmetrics>=1.4"],
     },
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),

@@ -7,7 +7,7 @@
 #   source install/setup.bash && ros2 launch dart_ros detector.launch.py
 #
 # 1. rosdep installs what package.xml names: ROS packages and the distribution's Python packages
-#    (numpy, opencv, pillow, psutil, tqdm, yaml) with apt.
+#    (numpy, opencv, pillow, psutil, scipy, tqdm, yaml) with apt.
 # 2. A virtual environment that sees the system's packages (--system-site-packages) gets what no
 #    distribution packages (PyTorch, sam3, timm, open-clip-torch: dart_ros/requirements.txt), with
 #    the system's numpy held by a constraints file: cv_bridge and the rest of the ROS stack are
@@ -45,7 +45,7 @@ step "Python environment: $VENV (sees the system's packages)"
 # adds what is missing and never shadows the distribution's builds.
 "$SYSTEM_PYTHON" - > "$VENV/dart_constraints.txt" <<'PY'
 import importlib.metadata as md
-for name in ("numpy", "opencv-python", "opencv-python-headless", "pillow", "PyYAML", "psutil", "tqdm"):
+for name in ("numpy", "opencv-python", "opencv-python-headless", "pillow", "PyYAML", "psutil", "scipy", "tqdm"):
     try:
         print(f"{name}=={md.version(name)}")
     except md.PackageNotFoundError:
@@ -65,6 +65,7 @@ while IFS= read -r line; do
     opencv-python-headless) python_has cv2 && continue ;;
     pillow) python_has PIL && continue ;;
     psutil) python_has psutil && continue ;;
+    scipy) python_has scipy && continue ;;
     pyyaml) python_has yaml && continue ;;
     tqdm) python_has tqdm && continue ;;
     torch|torchvision) continue ;;  # DART_TORCH

@@ -44,8 +44,9 @@ extra_build = ["python_cmake_module", "ament_cmake_ros", "ament_cmake_gmock", "a
                "ament_cmake_pytest"] if distro == "jazzy" else ["ament_cmake_ros_core"]
 # rosdep recognises a pip install by the bare name: the versions are pinned by PIP_CONSTRAINT
 noble = {"python3-numpy": "numpy==1.26.4", "python3-opencv": "opencv-python-headless==4.6.0.66",
-         "python3-pil": "pillow==10.2.0", "python3-psutil": "psutil==5.9.8", "python3-tqdm": "tqdm==4.66.2",
-         "python3-yaml": "PyYAML==6.0.1", "python3-pytest": "pytest==7.4.4"}  # Ubuntu 24.04's versions
+         "python3-pil": "pillow==10.2.0", "python3-psutil": "psutil==5.9.8", "python3-scipy": "scipy==1.11.4",
+         "python3-tqdm": "tqdm==4.66.2", "python3-yaml": "PyYAML==6.0.1",
+         "python3-pytest": "pytest==7.4.4"}  # Ubuntu 24.04's versions
 open(out.replace("rules.yaml", "constraints.txt"), "w").write("\n".join(noble.values()) + "\n")
 pip = {key: [spec.split("==")[0]] for key, spec in noble.items()}
 pip.update({

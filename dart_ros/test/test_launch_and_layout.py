@@ -142,6 +142,7 @@ NON_DEFAULT = {
     "compressed": "true",
     "classes": "person, forklift",
     "class_thresholds": "0.4, 0.2",
+    "tracking": "per_class",
     "sam3_checkpoint": "/m/sam3.pt",
     "backbone_checkpoint": "/m/student.pt",
     "device": "cpu",

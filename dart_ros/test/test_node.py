@@ -248,6 +248,53 @@ def test_per_class_thresholds_and_aliases_over_the_service_and_parameters(ros, r
     assert res.success and list(get("class_thresholds")) == [] and get("classes") == ["person", "car"]
 
 
+def test_tracking_fills_stable_ids_over_dds(tmp_path, rng):
+    """tracking:=per_class: the same scene in consecutive frames keeps its IDs in Detection2D.id;
+    the annotated image and the diagnostics say so."""
+    require_ros()
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray
+
+    node = RosProcess(
+        "dart_ros.ros.node",
+        name="dart_t",
+        log_path=str(tmp_path / "t.log"),
+        params=dict(
+            backbone="tiny",
+            device="cpu",
+            classes=["person", "car"],
+            confidence_threshold=0.3,
+            tracking="per_class",
+            track_high_threshold=0.2,
+            qos_reliability="reliable",
+        ),  # fmt: skip
+        remaps={"image": "/cam_t/image"},
+    )
+    client = RosClient("dart_test_tracking")
+    try:
+        dets = Collector()
+        client.node.create_subscription(Detection2DArray, "/dart_t/detections", dets, 10)
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        pub = client.node.create_publisher(Image, "/cam_t/image", qos)
+        client.spin_until(lambda: "listening on" in node.log(), 60, "node start:\n" + node.log())
+        client.spin_until(lambda: pub.get_subscription_count() > 0, 20, "match")
+        frame = image_msg(rng, 120, 160)
+        for k in range(4):
+            frame.header.stamp.sec = 90_000 + k
+            pub.publish(frame)
+            client.spin_until(lambda k=k: dets.find(lambda d: d.header.stamp.sec == 90_000 + k), 30, f"frame {k}")
+        frames = [dets.find(lambda d, k=k: d.header.stamp.sec == 90_000 + k) for k in range(4)]
+        runs = [sorted(d.id for d in f.detections) for f in frames]
+        assert runs[0] and all(i for i in runs[0]), runs  # the first frame starts confirmed tracks
+        assert runs[0] == runs[1] == runs[2] == runs[3], runs  # an unchanged scene keeps its IDs
+        assert len(set(runs[0])) == len(runs[0])  # one ID per object
+        assert "tracking: per_class" in node.log()
+    finally:
+        client.close()
+        node.stop()
+
+
 def test_enable_disable(ros, rng):
     from std_srvs.srv import SetBool
 

@@ -188,6 +188,7 @@ def test_package_xml_and_requirements_declare_every_import():
     assert not missing, missing
     # and the rosdep keys for distribution-packaged Python modules match requirements.txt
     keys = {"python3-numpy": "numpy", "python3-opencv": "opencv-python-headless", "python3-pil": "pillow",
-            "python3-psutil": "psutil", "python3-tqdm": "tqdm", "python3-yaml": "pyyaml"}  # fmt: skip
+            "python3-psutil": "psutil", "python3-scipy": "scipy", "python3-tqdm": "tqdm",
+            "python3-yaml": "pyyaml"}  # fmt: skip
     for key, req in keys.items():
         assert (f"<exec_depend>{key}</exec_depend>" in xml) == (req in required), key

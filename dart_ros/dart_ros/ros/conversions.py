@@ -38,7 +38,7 @@ def array_to_compressed_msg(rgb: np.ndarray, header, quality: int = 80):
     return msg
 
 
-def detections_to_msg(dets, header):
+def detections_to_msg(dets, header, track_ids=None):
     """:class:`dart_ros.types.Detections` -> vision_msgs/Detection2DArray with ``header`` copied.
 
     ``class_id`` is the class name; bbox center/size are source-image pixels. The hypothesis pose
@@ -50,11 +50,13 @@ def detections_to_msg(dets, header):
     out = Detection2DArray()
     out.header = header
     names = dets.class_names
-    for (x1, y1, x2, y2), score, cid in zip(
-        dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist(), strict=True
+    track_ids = track_ids if track_ids is not None else [None] * len(dets)
+    for (x1, y1, x2, y2), score, cid, tid in zip(
+        dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist(), track_ids, strict=True
     ):
         d = Detection2D()
         d.header = header
+        d.id = "" if tid is None else str(tid)  # the track ID (empty: not tracked)
         d.bbox.center.position.x = (x1 + x2) / 2.0
         d.bbox.center.position.y = (y1 + y2) / 2.0
         d.bbox.size_x = x2 - x1

@@ -94,6 +94,7 @@ LAUNCH_ARGUMENTS: Dict[str, Tuple[str, str]] = {
         "(default: the preset's)",
     ),
     "class_thresholds": ("", 'a confidence threshold per class, e.g. "0.4, 0.2" (default: the global one)'),
+    "tracking": ("off", "track IDs in Detection2D.id: off, per_class or agnostic"),
     "sam3_checkpoint": ("", "path of sam3.pt (empty: the preset file's value)"),
     "backbone_checkpoint": ("", "DART student or pruned checkpoint"),
     "device": ("", "cuda, cuda:1, cpu (empty: the preset's)"),
@@ -126,6 +127,7 @@ def launch_from_arguments(values: Dict[str, str], directory: Optional[str] = Non
         image=v["image"],
         classes=v["classes"],
         class_thresholds=v["class_thresholds"],
+        tracking=v["tracking"],
         namespace=v["namespace"],
         node_name=v["node_name"],
         sam3_checkpoint=v["sam3_checkpoint"],
@@ -169,6 +171,7 @@ def detector_launch(
     image: str = "/camera/image_raw",
     classes: str = "",
     class_thresholds: str = "",
+    tracking: str = "off",
     namespace: str = "",
     node_name: str = "dart",
     sam3_checkpoint: str = "",
@@ -191,6 +194,12 @@ def detector_launch(
             overrides["class_thresholds"] = [float(t) for t in parse_classes(class_thresholds)]
         except ValueError:
             raise ValueError(f'class_thresholds:={class_thresholds} must be numbers, e.g. "0.4, 0.2"') from None
+    if tracking != "off":
+        from dart_ros.tracking import TRACKING_MODES
+
+        if tracking not in TRACKING_MODES:
+            raise ValueError(f"tracking:={tracking} is not one of {', '.join(TRACKING_MODES)}")
+        overrides["tracking"] = tracking
     if sam3_checkpoint:
         overrides["sam3_checkpoint"] = os.path.expanduser(sam3_checkpoint)
     if backbone_checkpoint:

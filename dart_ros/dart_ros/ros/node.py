@@ -50,6 +50,7 @@ class DetectorWiring:
         self._logged_once = set()
         self._internal_param_update = False
         self.detector = None
+        self.tracker = None  # dart_ros.tracking.Tracker when tracking is on
         self.sub = None
         self._worker = None
         self._owned = []  # publishers, services and timers made by _load, destroyed by _unload
@@ -77,6 +78,20 @@ class DetectorWiring:
         det_cfg = dataclasses.replace(self._det_cfg, classes=[])
         log.info(f"loading backbone {det_cfg.backbone!r} on {det_cfg.device} …")
         self.detector = Detector(det_cfg)
+        self.tracker = None
+        if self.cfg.tracking != "off":
+            from dart_ros.tracking import Tracker, TrackerConfig
+
+            per_class = self.cfg.tracking == "per_class"
+            self.tracker = Tracker(
+                TrackerConfig(
+                    high_threshold=self.cfg.track_high_threshold,
+                    low_threshold=self.cfg.track_low_threshold,
+                    track_buffer=self.cfg.track_buffer_frames,
+                    per_class=per_class,
+                )
+            )
+            log.info(f"tracking: {self.cfg.tracking}, IDs in Detection2D.id")
         info = self.detector.describe()
         log.info("model ready: " + ", ".join(f"{k}={v}" for k, v in info.items()))
         took = self.detector.warm_up()  # graphs and compiles now, not on the first frames
@@ -170,6 +185,7 @@ class DetectorWiring:
         if self.detector is not None:
             self.detector.close()
             self.detector = None
+        self.tracker = None
 
     # ------------------------------------------------------------------ input
 
@@ -239,11 +255,12 @@ class DetectorWiring:
 
     def _publish(self, dets) -> None:
         header, t_recv, arr, layout = dets.meta
-        self.pub_detections.publish(conversions.detections_to_msg(dets, header))
+        ids = self.tracker.update(dets.boxes, dets.scores, dets.labels) if self.tracker is not None else None
+        self.pub_detections.publish(conversions.detections_to_msg(dets, header, ids))
         self.stats.on_processed(dets.timings_ms, (time.monotonic() - t_recv) * 1e3)
-        self._maybe_annotate(arr, layout, dets, header)
+        self._maybe_annotate(arr, layout, dets, header, ids)
 
-    def _maybe_annotate(self, arr, layout, dets, header) -> None:
+    def _maybe_annotate(self, arr, layout, dets, header, track_ids=None) -> None:
         raw = self.pub_annotated.get_subscription_count() > 0
         jpeg = self.pub_annotated_jpeg.get_subscription_count() > 0
         if not (raw or jpeg):
@@ -255,7 +272,7 @@ class DetectorWiring:
         self._last_annotated = now
         from dart_ros.visualize import draw_detections
 
-        rgb = draw_detections(image_decode.to_rgb(arr, layout), dets)
+        rgb = draw_detections(image_decode.to_rgb(arr, layout), dets, track_ids=track_ids)
         if raw:
             self.pub_annotated.publish(conversions.array_to_image_msg(rgb, header))
         if jpeg:
@@ -431,7 +448,10 @@ class DetectorWiring:
             num_classes=str(len(self.detector.classes)),
             vocabulary_version=str(self.detector.vocabulary_version),
             input_topic=self.input_topic,
+            tracking=self.cfg.tracking,
         )
+        if self.tracker is not None:
+            info["live_tracks"] = str(self.tracker.live_tracks)
         arr = diagnostic_array(
             self.get_clock().now().to_msg(),
             f"{self.get_name()}: detector",

@@ -31,6 +31,9 @@ class NodeConfig:
         no_input_warn_s: warn when a publisher exists but no image arrived for this long.
         pipelining: overlap consecutive frames on two CUDA streams (Detector streaming API).
         nms_groups: class-name groups NMS-ed together in ``grouped`` mode, e.g. ``car,truck;person,rider``.
+        tracking: ``off``, ``per_class`` or ``agnostic``: stable track IDs in ``Detection2D.id``
+            (:mod:`dart_ros.tracking`); track_buffer_frames: frames a lost track is kept;
+            track_high_threshold / track_low_threshold: ByteTrack's two association passes.
     """
 
     input_transport: str = "raw"
@@ -42,6 +45,10 @@ class NodeConfig:
     no_input_warn_s: float = 5.0
     pipelining: bool = False
     nms_groups: str = ""
+    tracking: str = "off"
+    track_buffer_frames: int = 30
+    track_high_threshold: float = 0.5
+    track_low_threshold: float = 0.1
 
     def validate(self) -> "NodeConfig":
         if self.input_transport not in INPUT_TRANSPORTS:
@@ -50,6 +57,14 @@ class NodeConfig:
             raise ValueError(f"qos_reliability must be one of {RELIABILITIES}, got {self.qos_reliability!r}")
         if self.qos_depth < 1:
             raise ValueError(f"qos_depth must be >= 1, got {self.qos_depth}")
+        from dart_ros.tracking import TRACKING_MODES
+
+        if self.tracking not in TRACKING_MODES:
+            raise ValueError(f"tracking must be one of {TRACKING_MODES}, got {self.tracking!r}")
+        if self.track_buffer_frames < 1:
+            raise ValueError(f"track_buffer_frames must be >= 1, got {self.track_buffer_frames}")
+        if not 0 <= self.track_low_threshold <= self.track_high_threshold <= 1:
+            raise ValueError("track_low_threshold <= track_high_threshold, both in [0, 1], required")
         if self.annotate_max_rate_hz < 0 or self.diagnostics_period_s <= 0 or self.no_input_warn_s <= 0:
             raise ValueError("annotate_max_rate_hz must be >= 0; diagnostics_period_s and no_input_warn_s > 0")
         return self
@@ -65,6 +80,10 @@ NODE_FIELD_HELP = {
     "no_input_warn_s": "warn when a publisher exists but no image arrived for this many seconds",
     "pipelining": "overlap consecutive frames on two CUDA streams (one frame more latency)",
     "nms_groups": "grouped NMS: 'car,truck;person,rider'",
+    "tracking": "track IDs in Detection2D.id: off, per_class (a track keeps its class) or agnostic",
+    "track_buffer_frames": "frames a track that is not seen is kept before its ID is retired",
+    "track_high_threshold": "tracking: detections scoring at least this are matched first and start tracks (at +0.1)",
+    "track_low_threshold": "tracking: weaker detections down to this keep existing tracks alive (occlusions)",
 }
 
 
