@@ -263,6 +263,9 @@ class Detector:
             log.warning("dropped duplicate class names: %s", ", ".join(sorted(set(dups))))
         if len(cleaned) > self.config.max_classes:
             raise InvalidClassesError(f"{len(cleaned)} classes requested; the limit is {self.config.max_classes}")
+        n_prompts = sum(len(parse_class_spec(c)[1]) for c in cleaned)
+        if n_prompts > self.config.max_classes:  # each prompt costs the enc-dec what a class does
+            raise InvalidClassesError(f"{n_prompts} prompts requested; the limit is {self.config.max_classes}")
         return cleaned
 
     def _validate_prompts(self, names: List[str]) -> None:

@@ -94,6 +94,7 @@ def test_per_class_thresholds(det):
         (["person=person|worker", "staff=worker"], None, "prompt 'worker' belongs to two classes"),
         (["person=", "car"], None, "has no prompts"),
         (["=person"], None, "class 0 is empty"),
+        (["a=" + "|".join(f"p{i}" for i in range(1001))], None, "1001 prompts requested; the limit is 1000"),
     ],
 )
 def test_bad_thresholds_and_aliases_keep_the_previous_vocabulary(det, names, thresholds, message):
