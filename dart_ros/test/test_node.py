@@ -169,11 +169,12 @@ def test_set_classes_success_and_rejections(ros, rng):
     assert res.success
 
 
-def test_parameter_updates_apply_and_are_validated(ros, rng):
+def parameter_access(ros, node_name="dart"):
+    """(get, set_) of the node's parameters over the parameter services."""
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
 
-    params = AsyncParameterClient(ros.client.node, "dart")
+    params = AsyncParameterClient(ros.client.node, node_name)
     assert params.wait_for_services(timeout_sec=20)
 
     def set_(name, value):
@@ -185,6 +186,12 @@ def test_parameter_updates_apply_and_are_validated(ros, rng):
         fut = params.get_parameters([name])
         ros.client.spin_until(fut.done, 30, f"get {name}")
         return Parameter.from_parameter_msg(type("P", (), {"name": name, "value": fut.result().values[0]})()).value
+
+    return get, set_
+
+
+def test_parameter_updates_apply_and_are_validated(ros, rng):
+    get, set_ = parameter_access(ros)
 
     assert get("classes") == ["person", "car"]
     assert set_("max_detections", 3).successful
@@ -209,21 +216,8 @@ def test_parameter_updates_apply_and_are_validated(ros, rng):
 
 def test_per_class_thresholds_and_aliases_over_the_service_and_parameters(ros, rng):
     from dart_ros_interfaces.srv import SetClasses
-    from rclpy.parameter import Parameter
-    from rclpy.parameter_client import AsyncParameterClient
 
-    params = AsyncParameterClient(ros.client.node, "dart")
-    assert params.wait_for_services(timeout_sec=20)
-
-    def get(name):
-        fut = params.get_parameters([name])
-        ros.client.spin_until(fut.done, 30, f"get {name}")
-        return Parameter.from_parameter_msg(type("P", (), {"name": name, "value": fut.result().values[0]})()).value
-
-    def set_(name, value):
-        fut = params.set_parameters([Parameter(name, value=value)])
-        ros.client.spin_until(fut.done, 30, f"set {name}")
-        return fut.result().results[0]
+    get, set_ = parameter_access(ros)
 
     def class_ids(out):
         return [d.results[0].hypothesis.class_id for d in out.detections]
