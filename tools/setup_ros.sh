@@ -15,6 +15,7 @@ WS=$DART_ROS_WS
 D=$DART_ROS_DISTRO
 ROS_PKGS=(
   "ros-$D-rclpy[fastrtps]" "ros-$D-std-msgs" "ros-$D-sensor-msgs" "ros-$D-geometry-msgs"
+  "ros-$D-visualization-msgs"
   "ros-$D-std-srvs" "ros-$D-diagnostic-msgs" "ros-$D-lifecycle-msgs" "ros-$D-builtin-interfaces"
   "ros-$D-ament-cmake" "ros-$D-ament-cmake-python" "ros-$D-ament-cmake-include-directories"
   "ros-$D-ament-package" "ros-$D-rosidl-default-generators" "ros-$D-rosidl-core-generators"

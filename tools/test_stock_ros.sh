@@ -58,7 +58,8 @@ pip.update({
     "vision_msgs": [], "launch": [], "launch_ros": [], "rviz2": [],
 })
 for name in ("ament_index_python", "builtin_interfaces", "diagnostic_msgs", "geometry_msgs", "lifecycle_msgs",
-             "rcl_interfaces", "rosidl_default_runtime", "sensor_msgs", "std_msgs", "std_srvs"):
+             "rcl_interfaces", "rosidl_default_runtime", "sensor_msgs", "std_msgs", "std_srvs",
+             "visualization_msgs"):
     pip[name] = ros(name)
 yaml.safe_dump({key: {"ubuntu": {"pip": {"packages": pkgs}}} for key, pkgs in pip.items()}, open(out, "w"))
 PY

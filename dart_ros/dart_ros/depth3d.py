@@ -14,6 +14,7 @@ box with too few valid pixels (``min_valid_fraction``) gets no 3D box rather tha
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import deque
 from typing import Any, Deque, Dict, Optional, Sequence, Tuple
 
@@ -94,36 +95,42 @@ def box_to_3d(
     return Box3D(center=center, size=size, valid_fraction=fraction)
 
 
-class ApproximateSync:
-    """Groups messages of several streams whose stamps lie within ``slop_s`` of each other (image,
-    depth, camera_info), newest group first; each stream keeps at most ``queue`` messages, so a
-    stream that stops never grows memory. ``add`` returns a complete group or None."""
+class StampedBuffer:
+    """The latest ``size`` messages of one stream by stamp (depth images, camera_info), for matching
+    them to an image by time: approximate-time synchronisation where the image drives. Bounded, so a
+    stream that outpaces the detector never grows memory; thread-safe (filled from subscription
+    callbacks, read by the inference thread)."""
 
-    def __init__(self, streams: Sequence[str], slop_s: float = 0.05, queue: int = 10):
-        if slop_s < 0 or queue < 1:
-            raise ValueError("slop_s must be >= 0 and queue >= 1")
-        self.streams = tuple(streams)
-        self.slop_s, self.queue = slop_s, queue
-        self._q: Dict[str, Deque[Tuple[float, Any]]] = {s: deque(maxlen=queue) for s in self.streams}
+    def __init__(self, size: int = 10):
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self._items: Deque[Tuple[float, Any]] = deque(maxlen=size)
+        self._lock = threading.Lock()
 
-    def add(self, stream: str, stamp_s: float, msg: Any) -> Optional[Dict[str, Any]]:
-        if stream not in self._q:
-            raise KeyError(f"unknown stream {stream!r}; streams: {self.streams}")
-        self._q[stream].append((float(stamp_s), msg))
-        # the newest message of this stream against the closest of every other stream
-        group, stamps = {stream: msg}, [float(stamp_s)]
-        for other in self.streams:
-            if other == stream:
-                continue
-            if not self._q[other]:
+    def add(self, stamp_s: float, msg: Any) -> None:
+        with self._lock:
+            self._items.append((float(stamp_s), msg))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def nearest(self, stamp_s: float, slop_s: float) -> Optional[Any]:
+        """The message whose stamp is closest to ``stamp_s``, if within ``slop_s``; else None."""
+        with self._lock:
+            if not self._items:
                 return None
-            t, m = min(self._q[other], key=lambda e: abs(e[0] - stamp_s))
-            if abs(t - stamp_s) > self.slop_s:
-                return None
-            group[other] = m
-            stamps.append(t)
-        newest = max(stamps)
-        for s in self.streams:  # everything up to the matched group is consumed
-            while self._q[s] and self._q[s][0][0] <= newest + 1e-9:
-                self._q[s].popleft()
-        return group
+            t, msg = min(self._items, key=lambda e: abs(e[0] - stamp_s))
+        return msg if abs(t - stamp_s) <= slop_s else None
+
+
+def match_streams(stamp_s: float, buffers: Dict[str, StampedBuffer], slop_s: float) -> Optional[Dict[str, Any]]:
+    """For an image stamped ``stamp_s``: the nearest message of every buffer, or None when one of
+    them has nothing within ``slop_s`` (no 3D rather than 3D from another moment)."""
+    out = {}
+    for name, buf in buffers.items():
+        msg = buf.nearest(stamp_s, slop_s)
+        if msg is None:
+            return None
+        out[name] = msg
+    return out

@@ -368,13 +368,15 @@ class Detector:
         return to_detections(raw, info, vocab.names, vocab.postprocess_params(self._post))
 
     @torch.inference_mode()
-    def warm_up(self) -> float:
+    def warm_up(self, batch_sizes: Sequence[int] = ()) -> float:
         """Capture every CUDA graph (every backbone slot, every class-count bucket in the current
-        prompt mode) and run every compile now, so that neither the first frame nor the first frame
-        after a vocabulary change stalls. Needs no vocabulary. Returns the seconds it took."""
+        prompt mode, the backbone's batched pass for each of ``batch_sizes``: :meth:`detect_batch`
+        of that many images) and run every compile now, so that neither the first frame nor the
+        first frame after a vocabulary change stalls. Needs no vocabulary. Returns the seconds it
+        took."""
         t0 = time.perf_counter()
         self._settle()
-        feat = self.runners.backbone.warm_up()
+        feat = self.runners.backbone.warm_up(batch_sizes)
         self.runners.encdec.warm_up(feat, self.config.prompt_mode == "official")
         self._sync()
         return time.perf_counter() - t0
@@ -437,13 +439,18 @@ class Detector:
         return self.detect_batch([image], color)[0]
 
     @torch.inference_mode()
-    def detect_batch(self, images: Sequence[Image], color: str = "rgb") -> List[Detections]:
-        """Detect in several images; one batched backbone pass, then N classes per image."""
+    def detect_batch(self, images: Sequence[Image], color: Union[str, Sequence[str]] = "rgb") -> List[Detections]:
+        """Detect in several images (e.g. one frame of each camera): one batched backbone pass,
+        then every class of the vocabulary per image. Images may differ in size; ``color`` is one
+        layout for all or one per image."""
         vocab = self._require_vocab()
         if not len(images):
             return []
+        colors = [color] * len(images) if isinstance(color, str) else list(color)
+        if len(colors) != len(images):
+            raise ValueError(f"{len(colors)} colour layouts for {len(images)} images")
         t0 = time.perf_counter()
-        pre = [self.preprocess(im, color) for im in images]
+        pre = [self.preprocess(im, c) for im, c in zip(images, colors, strict=True)]
         pixels = torch.cat([p[0] for p in pre])
         self._sync()
         t1 = time.perf_counter()

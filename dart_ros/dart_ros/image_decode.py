@@ -105,3 +105,23 @@ def to_rgb(arr: np.ndarray, layout: str) -> np.ndarray:
     if layout in ("bgr", "bgra"):
         return np.ascontiguousarray(arr[:, :, 2::-1])
     return np.ascontiguousarray(arr[:, :, :3])  # rgba
+
+
+# Depth images: encoding -> (numpy dtype, bytes per pixel); values in the unit depth3d expects.
+DEPTH_ENCODINGS = {"16UC1": ("u2", 2), "mono16": ("u2", 2), "32FC1": ("f4", 4)}
+
+
+def depth_image_to_metres(msg) -> np.ndarray:
+    """A depth sensor_msgs/Image (16UC1 millimetres or 32FC1 metres) -> HxW float32 metres, NaN
+    where there is no measurement (:func:`dart_ros.depth3d.depth_to_metres`)."""
+    from dart_ros.depth3d import depth_to_metres
+
+    enc = msg.encoding
+    if enc not in DEPTH_ENCODINGS:
+        raise BadImageError(
+            f"unsupported depth encoding {enc!r}; supported: 16UC1 (mm), 32FC1 (m)", key=f"depth_encoding:{enc}"
+        )
+    kind, size = DEPTH_ENCODINGS[enc]
+    order = ">" if msg.is_bigendian else "<"
+    raw = _rows(msg, size).copy().view(order + kind).reshape(int(msg.height), int(msg.width))
+    return depth_to_metres(raw.astype(kind), enc)

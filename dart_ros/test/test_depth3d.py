@@ -1,10 +1,17 @@
-"""3D boxes from depth against synthetic scenes of known geometry, invalid depth handling, and the
-approximate-time synchroniser."""
+"""3D boxes from depth against synthetic scenes of known geometry, invalid depth handling, and matching
+depth and camera_info to an image by stamp."""
 
 import numpy as np
 import pytest
 
-from dart_ros.depth3d import ApproximateSync, Depth3DConfig, Intrinsics, box_to_3d, depth_to_metres
+from dart_ros.depth3d import (
+    Depth3DConfig,
+    Intrinsics,
+    StampedBuffer,
+    box_to_3d,
+    depth_to_metres,
+    match_streams,
+)
 
 K = Intrinsics(fx=500.0, fy=500.0, cx=320.0, cy=240.0)
 
@@ -79,15 +86,18 @@ def test_encodings_and_intrinsics_are_checked():
         Intrinsics.from_k([0] * 9)
 
 
-def test_approximate_sync_groups_close_stamps_and_stays_bounded():
-    sync = ApproximateSync(("image", "depth", "info"), slop_s=0.02, queue=5)
-    assert sync.add("image", 1.000, "i1") is None
-    assert sync.add("depth", 1.010, "d1") is None
-    assert sync.add("info", 1.012, "c1") == {"info": "c1", "image": "i1", "depth": "d1"}
-    assert sync.add("image", 2.000, "i2") is None
-    assert sync.add("depth", 2.100, "d2") is None  # 100 ms apart: not the same moment
-    assert sync.add("info", 2.101, "c2") is None
-    for k in range(100):  # a stream that never matches keeps only its newest `queue` messages
-        sync.add("image", 3.0 + k, f"x{k}")
-    assert sync.add("depth", 102.005, "d") is None
-    assert sync.add("info", 102.0, "c") == {"info": "c", "image": "x99", "depth": "d"}
+def test_depth_and_camera_info_match_an_image_by_stamp_and_stay_bounded():
+    depth, info = StampedBuffer(size=5), StampedBuffer(size=5)
+    streams = {"depth": depth, "info": info}
+    assert match_streams(1.0, streams, 0.02) is None  # nothing yet
+    depth.add(0.985, "d0")
+    depth.add(1.010, "d1")
+    assert match_streams(1.0, streams, 0.02) is None  # no camera_info yet
+    info.add(1.012, "c1")
+    assert match_streams(1.0, streams, 0.02) == {"depth": "d1", "info": "c1"}  # the nearer depth
+    assert match_streams(1.1, streams, 0.02) is None  # 90 ms apart: another moment
+    for k in range(100):  # a fast stream keeps only its newest `size` messages
+        depth.add(2.0 + k, f"x{k}")
+    assert len(depth) == 5 and depth.nearest(2.0, 0.5) is None and depth.nearest(101.0, 0.01) == "x99"
+    with pytest.raises(ValueError):
+        StampedBuffer(0)

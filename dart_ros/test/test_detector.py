@@ -160,6 +160,18 @@ def test_detect_batch_equals_single_calls(tiny_detector, rng):
         np.testing.assert_allclose(got.boxes, one.boxes, atol=1e-2)
 
 
+def test_detect_batch_takes_a_colour_layout_per_image(tiny_detector, rng):
+    """Cameras publish different encodings: each image of a batch is read in its own layout."""
+    tiny_detector.set_classes(["person", "car"])
+    rgb = random_image(rng, 200, 300)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    a, b = tiny_detector.detect_batch([rgb, bgr], color=["rgb", "bgr"])
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
+    with pytest.raises(ValueError, match="2 colour layouts for 1 images"):
+        tiny_detector.detect_batch([rgb], color=["rgb", "bgr"])
+
+
 def test_tensor_input_equals_numpy_input(tiny_detector, rng):
     tiny_detector.set_classes(["person"])
     img = random_image(rng)

@@ -404,6 +404,29 @@ def test_warm_up_captures_every_graph_before_the_first_frame(rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backbone", ["vit_h", "repvit_m2_3"])
+def test_batched_backbone_pass_equals_one_image_at_a_time(rng, backbone):
+    """Several cameras' frames in one batched backbone graph give each frame's own detections."""
+    det = make_detector(backbone, device="cuda", precision="bf16", confidence_threshold=0.2)
+    det.warm_up(batch_sizes=(2, 3))
+    assert sorted(det.backbone_runner.graphs.batch_graphs) == [2, 3]
+    det.set_classes(list(COCO_CLASSES[:4]))
+    frames = [random_image(rng, 480, 640), random_image(rng, 720, 1280), random_image(rng, 600, 600)]
+    want = [det.detect(f) for f in frames]
+    px = torch.cat([det.preprocess(f)[0] for f in frames])
+    batched = det.features(px)
+    for i, f in enumerate(frames):
+        assert cosine(batched[i : i + 1], det.features(det.preprocess(f)[0])) > 0.999
+    got = det.detect_batch(frames)
+    assert sorted(det.backbone_runner.graphs.batch_graphs) == [2, 3]  # nothing captured on the way
+    for w, g in zip(want, got, strict=True):
+        assert g.image_size == w.image_size
+        np.testing.assert_array_equal(g.class_ids, w.class_ids)
+        np.testing.assert_allclose(g.scores, w.scores, atol=2e-3)
+        np.testing.assert_allclose(g.boxes, w.boxes, atol=1.0)
+
+
+@pytest.mark.gpu
 def test_pipeline_returns_the_sequential_results_in_order(rng):
     det = make_detector("vit_h", device="cuda", precision="bf16", confidence_threshold=0.2)
     det.set_classes(list(COCO_CLASSES[:4]))

@@ -22,6 +22,8 @@ class NodeStats:
         self.bad_inputs = 0
         self.errors = 0
         self.annotated = 0
+        self.frames_3d = 0  # frames whose 3D detections were published
+        self.frames_without_depth = 0  # frames with no depth / camera_info close enough in time
         self.last_problem: Optional[Tuple[float, str, str]] = None  # (time, level, message)
         self._stage_ms: Dict[str, collections.deque] = {s: collections.deque(maxlen=window) for s in STAGES}
         self._e2e_ms = collections.deque(maxlen=window)
@@ -49,6 +51,13 @@ class NodeStats:
         with self._lock:
             self.annotated += 1
 
+    def on_3d(self, matched: bool) -> None:
+        with self._lock:
+            if matched:
+                self.frames_3d += 1
+            else:
+                self.frames_without_depth += 1
+
     def on_problem(self, level: str, message: str, bad_input: bool) -> None:
         with self._lock:
             if bad_input:
@@ -73,6 +82,8 @@ class NodeStats:
                 "bad_inputs": self.bad_inputs,
                 "errors": self.errors,
                 "annotated_frames": self.annotated,
+                "frames_3d": self.frames_3d,
+                "frames_without_depth": self.frames_without_depth,
             }
             for s, values in self._stage_ms.items():
                 out[f"latency_{s}_ms_p50"] = _pct(values, 50)
@@ -93,11 +104,12 @@ def _pct(values, q) -> float:
     return float(vals[k])
 
 
-def diagnostic_array(
-    stamp, name: str, hardware_id: str, snap: Dict[str, object], info: Dict[str, str], problem_window_s: float
+def diagnostic_status(
+    name: str, hardware_id: str, snap: Dict[str, object], info: Dict[str, str], problem_window_s: float
 ):
-    """A diagnostic_msgs/DiagnosticArray with one status for the detector."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    """A diagnostic_msgs/DiagnosticStatus: level and message from the latest problem (within
+    ``problem_window_s``) or the state in ``info``; every statistic and fact as a key-value pair."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
     status = DiagnosticStatus(name=name, hardware_id=hardware_id)
     level, message = DiagnosticStatus.OK, "running"
@@ -118,7 +130,14 @@ def diagnostic_array(
         status.values.append(KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v)))
     for k, v in info.items():
         status.values.append(KeyValue(key=k, value=str(v)))
+    return status
+
+
+def diagnostic_array(stamp, statuses):
+    """A diagnostic_msgs/DiagnosticArray of ``statuses`` (the detector's, one per camera)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
     arr = DiagnosticArray()
     arr.header.stamp = stamp
-    arr.status.append(status)
+    arr.status = list(statuses)
     return arr

@@ -10,17 +10,25 @@ publishes ``~/detections`` (vision_msgs/Detection2DArray, input header copied ex
 and ``/diagnostics``. Services ``~/set_classes``
 (dart_ros_interfaces/srv/SetClasses) and ``~/enable`` (std_srvs/SetBool).
 
-Only the newest frame is kept; inference runs on a worker thread, never on the executor.
+With ``cameras: [front, rear]`` one model serves several cameras: ``front/image`` in,
+``~/front/detections`` … out, one diagnostics status per camera. With ``depth_3d`` it also reads
+``depth/image`` and ``depth/camera_info`` (per camera: ``front/depth/image`` …) and publishes
+``~/detections_3d`` (vision_msgs/Detection3DArray) and ``~/markers_3d`` (RViz markers, while
+subscribed).
+
+Only the newest frame per camera is kept; inference runs on a worker thread, never on the executor.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import logging
 import threading
 import time
 import traceback
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -31,7 +39,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from dart_ros import image_decode
 from dart_ros.config import parse_name_groups
 from dart_ros.ros import conversions
-from dart_ros.ros.diagnostics import NodeStats, diagnostic_array
+from dart_ros.ros.camera import CameraChannel, camera_topics
+from dart_ros.ros.diagnostics import NodeStats, diagnostic_array, diagnostic_status
 from dart_ros.ros.params import declare_parameters, split_changes
 from dart_ros.types import BadImageError, ImageFormatError, InvalidClassesError, one_line_error
 
@@ -41,35 +50,43 @@ DEFAULT_NODE_NAME = "dart"
 class DetectorWiring:
     """Everything the node does, in steps a plain node runs at once and a lifecycle node runs on
     transitions: ``_setup`` (parameters), ``_load`` (model, outputs, services), ``_start`` (input
-    subscription and worker), ``_stop_input`` and ``_unload``. Contains no tensor logic."""
+    subscriptions and worker), ``_stop_input`` and ``_unload``. Contains no tensor logic."""
 
     def _setup(self) -> None:
         _forward_python_logging(self.get_logger())
         self._det_cfg, self.cfg = declare_parameters(self)
+        # Node-wide statistics; with one camera they are that camera's, with several the batches'.
         self.stats = NodeStats()
         self._logged_once = set()
         self._internal_param_update = False
         self.detector = None
-        self.tracker = None  # dart_ros.tracking.Tracker when tracking is on
-        self.sub = None
         self._worker = None
         self._owned = []  # publishers, services and timers made by _load, destroyed by _unload
-        self._slot = None  # (msg, receive time): only the newest frame is kept
         self._cond = threading.Condition()
         self._stop = False
-        self._last_annotated = 0.0
-        self._received_since_check = 0
-        self._input_warned = False
-        # As image_transport names it: the base topic ``image`` is resolved (namespace, remapping),
-        # then the transport's suffix appended, so ``-r image:=/cam/color`` gives /cam/color/compressed.
-        self.input_topic = self.resolve_topic_name("image")
-        if self.cfg.input_transport == "compressed":
-            self.input_topic = self.input_topic.rstrip("/") + "/compressed"
+        self._batch_sizes = collections.deque(maxlen=200)
+        self.cameras: List[CameraChannel] = []
+        for name in self.cfg.cameras or [""]:
+            topics = camera_topics(name)
+            # As image_transport names it: the base topic is resolved (namespace, remapping), then
+            # the transport's suffix appended, so ``-r image:=/cam/color`` gives /cam/color/compressed.
+            topic = self.resolve_topic_name(topics.image)
+            if self.cfg.input_transport == "compressed":
+                topic = topic.rstrip("/") + "/compressed"
+            stats = self.stats if not self.cfg.cameras else NodeStats()
+            self.cameras.append(CameraChannel(topics, topic, stats, self.cfg.depth_queue_size))
+        self.input_topic = self.cameras[0].input_topic
         # Callback groups: a slow vocabulary swap must not block image reception.
         self._image_group = MutuallyExclusiveCallbackGroup()
+        self._depth_group = MutuallyExclusiveCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self.add_on_set_parameters_callback(self._on_parameters)
+
+    @property
+    def _pipelined(self) -> bool:
+        """Two-stream pipelining serves one camera; several cameras are batched instead."""
+        return self.cfg.pipelining and len(self.cameras) == 1
 
     def _load(self) -> None:
         from dart_ros.detector import Detector
@@ -78,27 +95,20 @@ class DetectorWiring:
         det_cfg = dataclasses.replace(self._det_cfg, classes=[])
         log.info(f"loading backbone {det_cfg.backbone!r} on {det_cfg.device} …")
         self.detector = Detector(det_cfg)
-        self.tracker = None
+        for cam in self.cameras:
+            cam.tracker = self._make_tracker()
         if self.cfg.tracking != "off":
-            from dart_ros.tracking import Tracker, TrackerConfig
-
-            per_class = self.cfg.tracking == "per_class"
-            self.tracker = Tracker(
-                TrackerConfig(
-                    high_threshold=self.cfg.track_high_threshold,
-                    low_threshold=self.cfg.track_low_threshold,
-                    track_buffer=self.cfg.track_buffer_frames,
-                    per_class=per_class,
-                )
-            )
             log.info(f"tracking: {self.cfg.tracking}, IDs in Detection2D.id")
         info = self.detector.describe()
         log.info("model ready: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-        took = self.detector.warm_up()  # graphs and compiles now, not on the first frames
+        # graphs and compiles now, not on the first frames (with several cameras: every batch size)
+        took = self.detector.warm_up(batch_sizes=range(2, len(self.cameras) + 1))
         if took >= 0.05:  # the eager runtime has nothing to warm up
             log.info(f"warmed up in {took:.1f} s (CUDA graphs captured, kernels compiled)")
         if self.detector.random_weights:
             log.warning("NO sam3_checkpoint GIVEN: the model has RANDOM weights; detections are meaningless")
+        if self.cfg.pipelining and len(self.cameras) > 1:
+            log.info(f"pipelining serves one camera; the {len(self.cameras)} cameras' frames are batched instead")
 
         latched = QoSProfile(
             depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
@@ -109,19 +119,27 @@ class DetectorWiring:
         from std_srvs.srv import SetBool
         from vision_msgs.msg import Detection2DArray, LabelInfo
 
-        self.pub_detections = self.create_publisher(Detection2DArray, "~/detections", 10)
+        for cam in self.cameras:
+            t = cam.topics
+            cam.pub_detections = self.create_publisher(Detection2DArray, t.detections, 10)
+            cam.pub_annotated = self.create_publisher(Image, t.image_annotated, 2)
+            # image_transport's compressed variant of the same topic: JPEG, for viewing over Wi-Fi
+            cam.pub_annotated_jpeg = self.create_publisher(
+                CompressedImage, self.resolve_topic_name(t.image_annotated) + "/compressed", 2
+            )
+            self._owned += [cam.pub_detections, cam.pub_annotated, cam.pub_annotated_jpeg]
+            if self.cfg.depth_3d:
+                from vision_msgs.msg import Detection3DArray
+                from visualization_msgs.msg import MarkerArray
+
+                cam.pub_detections_3d = self.create_publisher(Detection3DArray, t.detections_3d, 10)
+                cam.pub_markers = self.create_publisher(MarkerArray, t.markers_3d, 2)
+                self._owned += [cam.pub_detections_3d, cam.pub_markers]
+        self.pub_detections = self.cameras[0].pub_detections
         self.pub_label_info = self.create_publisher(LabelInfo, "~/label_info", latched)
-        self.pub_annotated = self.create_publisher(Image, "~/image_annotated", 2)
-        # image_transport's compressed variant of the same topic: JPEG, for viewing over Wi-Fi
-        self.pub_annotated_jpeg = self.create_publisher(
-            CompressedImage, self.resolve_topic_name("~/image_annotated") + "/compressed", 2
-        )
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._owned = [
-            self.pub_detections,
+        self._owned += [
             self.pub_label_info,
-            self.pub_annotated,
-            self.pub_annotated_jpeg,
             self.pub_diagnostics,
             self.create_service(SetClasses, "~/set_classes", self._on_set_classes, callback_group=self._service_group),
             self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self._service_group),
@@ -140,8 +158,22 @@ class DetectorWiring:
             self._publish_label_info()
             log.warning("no classes set: call the set_classes service or set the 'classes' parameter")
 
+    def _make_tracker(self):
+        if self.cfg.tracking == "off":
+            return None
+        from dart_ros.tracking import Tracker, TrackerConfig
+
+        return Tracker(
+            TrackerConfig(
+                high_threshold=self.cfg.track_high_threshold,
+                low_threshold=self.cfg.track_low_threshold,
+                track_buffer=self.cfg.track_buffer_frames,
+                per_class=self.cfg.tracking == "per_class",
+            )
+        )
+
     def _start(self) -> None:
-        from sensor_msgs.msg import CompressedImage, Image
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
         qos = QoSProfile(
             depth=self.cfg.qos_depth,
@@ -149,25 +181,53 @@ class DetectorWiring:
             if self.cfg.qos_reliability == "best_effort"
             else ReliabilityPolicy.RELIABLE,
         )
+        # Best effort hears reliable and best-effort publishers alike; a few messages of slack so
+        # that the depth image of a frame is still there when its detections are ready.
+        depth_qos = QoSProfile(depth=self.cfg.depth_queue_size, reliability=ReliabilityPolicy.BEST_EFFORT)
         msg_type = CompressedImage if self.cfg.input_transport == "compressed" else Image
-        self.sub = self.create_subscription(
-            msg_type, self.input_topic, self._on_image, qos, callback_group=self._image_group
-        )
+        for cam in self.cameras:
+            cam.sub = self.create_subscription(
+                msg_type, cam.input_topic, functools.partial(self._on_image, cam), qos, callback_group=self._image_group
+            )
+            if self.cfg.depth_3d:
+                cam.depth_subs = [
+                    self.create_subscription(
+                        Image, cam.topics.depth, functools.partial(_stamped, cam.depth), depth_qos,
+                        callback_group=self._depth_group,
+                    ),
+                    self.create_subscription(
+                        CameraInfo, cam.topics.camera_info, functools.partial(_stamped, cam.camera_info), depth_qos,
+                        callback_group=self._depth_group,
+                    ),
+                ]  # fmt: skip
+        self.sub = self.cameras[0].sub
         with self._cond:
             self._stop = False
         self._worker = threading.Thread(target=self._work, name="dart_inference", daemon=True)
         self._worker.start()
-        self.get_logger().info(
-            f"listening on {self.input_topic} ({self.cfg.qos_reliability}, depth {self.cfg.qos_depth})"
-        )
+        for cam in self.cameras:
+            depth = (
+                f"; depth from {self.resolve_topic_name(cam.topics.depth)} and "
+                f"{self.resolve_topic_name(cam.topics.camera_info)}"
+                if self.cfg.depth_3d
+                else ""
+            )
+            self.get_logger().info(
+                f"{cam.label}listening on {cam.input_topic} ({self.cfg.qos_reliability}, depth {self.cfg.qos_depth})"
+                + depth
+            )
 
     def _stop_input(self) -> None:
-        if self.sub is not None:
-            self.destroy_subscription(self.sub)
-            self.sub = None
+        for cam in self.cameras:
+            for sub in [cam.sub] + cam.depth_subs:
+                if sub is not None:
+                    self.destroy_subscription(sub)
+            cam.sub, cam.depth_subs = None, []
+        self.sub = None
         with self._cond:
             self._stop = True
-            self._slot = None
+            for cam in self.cameras:
+                cam.slot = None
             self._cond.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=10.0)
@@ -185,41 +245,44 @@ class DetectorWiring:
         if self.detector is not None:
             self.detector.close()
             self.detector = None
-        self.tracker = None
+        for cam in self.cameras:
+            cam.tracker = None
 
     # ------------------------------------------------------------------ input
 
-    def _on_image(self, msg) -> None:
-        self._received_since_check += 1
+    def _on_image(self, cam: CameraChannel, msg) -> None:
+        cam.received_since_check += 1
         with self._cond:
-            replaced = self._slot is not None
-            self._slot = (msg, time.monotonic())
+            replaced = cam.slot is not None
+            cam.slot = (msg, time.monotonic())
             self._cond.notify()
-        self.stats.on_received(replaced_unprocessed=replaced)
+        cam.stats.on_received(replaced_unprocessed=replaced)
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                while self._slot is None and not self._stop:
-                    if self.cfg.pipelining:
+                while not any(c.slot is not None for c in self.cameras) and not self._stop:
+                    if self._pipelined:
                         break
                     self._cond.wait()
                 if self._stop:
                     return
-                item, self._slot = self._slot, None
-            if item is None:
+                # the newest frame of every camera that has one: a silent camera holds nobody up
+                batch = [(cam, *cam.take()) for cam in self.cameras if cam.slot is not None]
+            if not batch:
                 # Pipelining and no newer frame waiting: finish the frame in flight now rather than
                 # holding it back until the next one arrives.
                 for dets in self._safe(self.detector.flush):
                     self._publish(dets)
                 with self._cond:
-                    if self._slot is None and not self._stop:
+                    if not any(c.slot is not None for c in self.cameras) and not self._stop:
                         self._cond.wait()
                 continue
             if not self.cfg.enabled:
-                self.stats.on_dropped()
+                for cam, _, _ in batch:
+                    cam.stats.on_dropped()
                 continue
-            self._process(*item)
+            self._process(batch)
 
     def _safe(self, fn, *args, **kwargs):
         try:
@@ -228,69 +291,159 @@ class DetectorWiring:
             self._problem("error", f"inference failed: {e}", key=f"runtime:{type(e).__name__}:{str(e)[:60]}")
             return []
 
-    def _process(self, msg, t_recv: float) -> None:
+    def _decode(self, cam: CameraChannel, msg):
         try:
             if self.cfg.input_transport == "compressed":
-                arr, layout = image_decode.compressed_to_array(msg)
-            else:
-                arr, layout = image_decode.image_to_array(msg)
-            meta = (msg.header, t_recv, arr, layout)
-            if self.cfg.pipelining:
-                results = self.detector.submit(arr, color=layout, meta=meta)
-            else:
-                dets = self.detector.detect(arr, color=layout)
-                dets.meta = meta
-                results = [dets]
+                return image_decode.compressed_to_array(msg)
+            return image_decode.image_to_array(msg)
         except BadImageError as e:
-            self._problem("warn", f"bad input on {self.input_topic}: {e}", key=e.key, bad_input=True)
+            key = f"{cam.name}:{e.key}"
+            self._problem("warn", f"bad input on {cam.input_topic}: {e}", key=key, cam=cam, bad_input=True)
+        return None
+
+    def _process(self, batch) -> None:
+        """Detect in the newest frame of each camera in ``batch`` (one batched backbone pass) and
+        publish each camera's results."""
+        frames = []  # (camera, header, receive time, pixels, layout)
+        for cam, msg, t_recv in batch:
+            decoded = self._decode(cam, msg)
+            if decoded is not None:
+                frames.append((cam, msg.header, t_recv, *decoded))
+        if not frames:
             return
-        except ImageFormatError as e:
-            self._problem("warn", f"bad input on {self.input_topic}: {e}", key="format", bad_input=True)
-            return
-        except RuntimeError as e:
-            self._problem("error", f"inference failed: {e}", key=f"runtime:{type(e).__name__}:{str(e)[:60]}")
-            return
+        if self._pipelined:
+            results = self._run(lambda f: self.detector.submit(f[3], color=f[4], meta=f), frames[0])
+        elif len(frames) == 1:
+            results = self._run(lambda f: [self.detector.detect(f[3], color=f[4])], frames[0])
+        else:
+            try:
+                results = self.detector.detect_batch([f[3] for f in frames], color=[f[4] for f in frames])
+                for r, f in zip(results, frames, strict=True):
+                    r.meta = f
+            except ImageFormatError:  # one camera's image: the others still get their results
+                results = [d for f in frames for d in self._run(lambda f: [self.detector.detect(f[3], color=f[4])], f)]
+            except RuntimeError as e:
+                self._problem("error", f"inference failed: {e}", key=f"runtime:{type(e).__name__}:{str(e)[:60]}")
+                return
+        if len(self.cameras) > 1 and results:
+            self._batch_sizes.append(len(results))
+            self.stats.on_processed(results[0].timings_ms, (time.monotonic() - min(f[2] for f in frames)) * 1e3)
         for dets in results:
             self._publish(dets)
 
-    def _publish(self, dets) -> None:
-        header, t_recv, arr, layout = dets.meta
-        ids = self.tracker.update(dets.boxes, dets.scores, dets.labels) if self.tracker is not None else None
-        self.pub_detections.publish(conversions.detections_to_msg(dets, header, ids))
-        self.stats.on_processed(dets.timings_ms, (time.monotonic() - t_recv) * 1e3)
-        self._maybe_annotate(arr, layout, dets, header, ids)
+    def _run(self, step, frame) -> list:
+        """``step(frame)`` -> results with ``meta`` = the frame; a bad image or a failure is reported
+        against its camera and gives none."""
+        cam = frame[0]
+        try:
+            results = step(frame)
+        except ImageFormatError as e:
+            key = f"{cam.name}:format"
+            self._problem("warn", f"bad input on {cam.input_topic}: {e}", key=key, cam=cam, bad_input=True)
+            return []
+        except RuntimeError as e:
+            self._problem("error", f"inference failed: {e}", key=f"runtime:{type(e).__name__}:{str(e)[:60]}")
+            return []
+        if not self._pipelined:
+            for r in results:
+                r.meta = frame
+        return results
 
-    def _maybe_annotate(self, arr, layout, dets, header, track_ids=None) -> None:
-        raw = self.pub_annotated.get_subscription_count() > 0
-        jpeg = self.pub_annotated_jpeg.get_subscription_count() > 0
+    def _publish(self, dets) -> None:
+        cam, header, t_recv, arr, layout = dets.meta
+        ids = cam.tracker.update(dets.boxes, dets.scores, dets.labels) if cam.tracker is not None else None
+        cam.pub_detections.publish(conversions.detections_to_msg(dets, header, ids))
+        e2e_ms = (time.monotonic() - t_recv) * 1e3
+        cam.stats.on_processed(dets.timings_ms, e2e_ms)
+        if cam.pub_detections_3d is not None:
+            self._publish_3d(cam, dets, header, ids)
+        self._maybe_annotate(cam, arr, layout, dets, header, ids)
+
+    def _publish_3d(self, cam: CameraChannel, dets, header, track_ids) -> None:
+        """3D boxes from the depth image and camera_info nearest in time to the frame (none when
+        nothing lies within depth_slop_s: 3D from another moment would be wrong)."""
+        from std_msgs.msg import Header
+
+        from dart_ros.depth3d import Depth3DConfig, Intrinsics, box_to_3d, match_streams
+
+        stamp = header.stamp.sec + header.stamp.nanosec * 1e-9
+        got = match_streams(stamp, {"depth": cam.depth, "info": cam.camera_info}, self.cfg.depth_slop_s)
+        cam.stats.on_3d(got is not None)
+        if got is None:
+            topics = f"{self.resolve_topic_name(cam.topics.depth)}, {self.resolve_topic_name(cam.topics.camera_info)}"
+            self._once(
+                f"no_depth:{cam.name}",
+                lambda: self.get_logger().warning(
+                    f"{cam.label}no depth image and camera_info within {self.cfg.depth_slop_s} s of a frame "
+                    f"(on {topics}): no 3D detections for it; counted in /diagnostics as frames_without_depth "
+                    "(logged once)"
+                ),
+            )
+            return
+        depth_msg, info = got["depth"], got["info"]
+        try:
+            depth = image_decode.depth_image_to_metres(depth_msg)
+            k = Intrinsics.from_k(info.k)
+            if (info.width, info.height) not in ((0, 0), (depth.shape[1], depth.shape[0])):
+                raise ValueError(
+                    f"camera_info is {info.width}x{info.height} but the depth image {depth.shape[1]}x{depth.shape[0]}"
+                )
+        except (BadImageError, ValueError) as e:
+            key = getattr(e, "key", "depth")
+            self._problem(
+                "warn", f"bad depth input on {self.resolve_topic_name(cam.topics.depth)}: {e}",
+                key=f"{cam.name}:depth:{key}", cam=cam, bad_input=True,
+            )  # fmt: skip
+            return
+        # a depth image registered to the colour image, possibly at another resolution
+        sy, sx = depth.shape[0] / dets.image_size[0], depth.shape[1] / dets.image_size[1]
+        cfg3d = Depth3DConfig(min_depth_m=self.cfg.depth_min_m, max_depth_m=self.cfg.depth_max_m)
+        boxes3d = [box_to_3d((x1 * sx, y1 * sy, x2 * sx, y2 * sy), depth, k, cfg3d) for x1, y1, x2, y2 in dets.boxes]
+        out_header = Header(stamp=header.stamp, frame_id=depth_msg.header.frame_id or header.frame_id)
+        msg = conversions.detections_3d_msg(dets, boxes3d, out_header, track_ids)
+        cam.pub_detections_3d.publish(msg)
+        if cam.pub_markers.get_subscription_count() > 0:
+            class_ids = [c for c, b in zip(dets.class_ids.tolist(), boxes3d, strict=True) if b is not None]
+            cam.pub_markers.publish(conversions.markers_3d_msg(msg, class_ids))
+
+    def _maybe_annotate(self, cam: CameraChannel, arr, layout, dets, header, track_ids=None) -> None:
+        raw = cam.pub_annotated.get_subscription_count() > 0
+        jpeg = cam.pub_annotated_jpeg.get_subscription_count() > 0
         if not (raw or jpeg):
             return
         now = time.monotonic()
         rate = self.cfg.annotate_max_rate_hz
-        if rate > 0 and now - self._last_annotated < 1.0 / rate:
+        if rate > 0 and now - cam.last_annotated < 1.0 / rate:
             return
-        self._last_annotated = now
+        cam.last_annotated = now
         from dart_ros.visualize import draw_detections
 
         rgb = draw_detections(image_decode.to_rgb(arr, layout), dets, track_ids=track_ids)
         if raw:
-            self.pub_annotated.publish(conversions.array_to_image_msg(rgb, header))
+            cam.pub_annotated.publish(conversions.array_to_image_msg(rgb, header))
         if jpeg:
-            self.pub_annotated_jpeg.publish(conversions.array_to_compressed_msg(rgb, header))
-        self.stats.on_annotated()
+            cam.pub_annotated_jpeg.publish(conversions.array_to_compressed_msg(rgb, header))
+        cam.stats.on_annotated()
 
     def _check_input(self) -> None:
+        for cam in self.cameras:
+            self._check_camera_input(cam)
+
+    def _check_camera_input(self, cam: CameraChannel) -> None:
         """Warn once when a publisher exists but nothing arrives, naming a QoS mismatch only where
         there is one (a reliable subscription never hears a best-effort publisher); otherwise the
         publisher may be paused, or a large image still in transit."""
-        if self.sub is None:
+        if cam.sub is None:
             return
-        got, self._received_since_check = self._received_since_check, 0
-        if got or self._input_warned:
+        got, cam.received_since_check = cam.received_since_check, 0
+        if got or cam.input_warned:
             return
-        pubs = self.get_publishers_info_by_topic(self.input_topic)
+        pubs = self.get_publishers_info_by_topic(cam.input_topic)
         if not pubs:
-            self._once("no_publisher", lambda: self.get_logger().info(f"waiting for a publisher on {self.input_topic}"))
+            self._once(
+                f"no_publisher:{cam.name}",
+                lambda: self.get_logger().info(f"{cam.label}waiting for a publisher on {cam.input_topic}"),
+            )
             return
         desc = "; ".join(
             f"{p.node_namespace.rstrip('/')}/{p.node_name}: {p.qos_profile.reliability.name.lower()}, "
@@ -305,13 +458,14 @@ class DetectorWiring:
             if mismatched
             else "QoS compatible: the publisher may be paused, or a large image still in transit"
         )
-        self._input_warned = True
+        cam.input_warned = True
         self._problem(
             "warn",
-            f"{len(pubs)} publisher(s) on {self.input_topic} but no image for {self.cfg.no_input_warn_s:.0f} s; "
+            f"{len(pubs)} publisher(s) on {cam.input_topic} but no image for {self.cfg.no_input_warn_s:.0f} s; "
             f"{cause} (publishers: {desc}; this node subscribes {self.cfg.qos_reliability}, "
             f"depth {self.cfg.qos_depth})",
-            key="no_input",
+            key=f"no_input:{cam.name}",
+            cam=cam,
         )
 
     # ------------------------------------------------------------------ vocabulary and settings
@@ -433,11 +587,14 @@ class DetectorWiring:
             self._logged_once.add(key)
             fn()
 
-    def _problem(self, level: str, message: str, key: str, bad_input: bool = False) -> None:
-        """Count a problem for /diagnostics and log it once per kind."""
-        self.stats.on_problem(level, message, bad_input)
+    def _problem(
+        self, level: str, message: str, key: str, bad_input: bool = False, cam: Optional[CameraChannel] = None
+    ) -> None:
+        """Count a problem for /diagnostics (against its camera, if it has one) and log it once per kind."""
+        (cam.stats if cam is not None else self.stats).on_problem(level, message, bad_input)
         log = self.get_logger()
-        self._once(key, lambda: (log.error if level == "error" else log.warning)(message + " (logged once)"))
+        text = (cam.label if cam is not None else "") + message
+        self._once(key, lambda: (log.error if level == "error" else log.warning)(text + " (logged once)"))
 
     def _publish_diagnostics(self) -> None:
         info = dict(self.detector.describe())
@@ -447,20 +604,40 @@ class DetectorWiring:
             classes=",".join(self.detector.classes),
             num_classes=str(len(self.detector.classes)),
             vocabulary_version=str(self.detector.vocabulary_version),
-            input_topic=self.input_topic,
             tracking=self.cfg.tracking,
+            depth_3d=str(self.cfg.depth_3d),
         )
-        if self.tracker is not None:
-            info["live_tracks"] = str(self.tracker.live_tracks)
-        arr = diagnostic_array(
-            self.get_clock().now().to_msg(),
-            f"{self.get_name()}: detector",
-            info["device"],
-            self.stats.snapshot(),
-            info,
-            problem_window_s=max(5.0, 3 * self.cfg.diagnostics_period_s),
-        )
-        self.pub_diagnostics.publish(arr)
+        window = max(5.0, 3 * self.cfg.diagnostics_period_s)
+        name = self.get_name()
+
+        def camera_info(cam: CameraChannel) -> dict:
+            out = {"input_topic": cam.input_topic}
+            if cam.tracker is not None:
+                out["live_tracks"] = str(cam.tracker.live_tracks)
+            if self.cfg.depth_3d:
+                out["depth_topic"] = self.resolve_topic_name(cam.topics.depth)
+            return out
+
+        if len(self.cameras) == 1:
+            info.update(camera_info(self.cameras[0]))
+            statuses = [diagnostic_status(f"{name}: detector", info["device"], self.stats.snapshot(), info, window)]
+        else:
+            sizes = list(self._batch_sizes)
+            info.update(
+                cameras=",".join(c.name for c in self.cameras),
+                mean_batch_size=f"{sum(sizes) / len(sizes):.2f}" if sizes else "nan",
+            )
+            # the node-wide status: rates and latencies of batches, problems not tied to a camera
+            statuses = [diagnostic_status(f"{name}: detector", info["device"], self.stats.snapshot(), info, window)]
+            shared = {k: info[k] for k in ("weights", "enabled", "classes")}
+            for cam in self.cameras:
+                statuses.append(
+                    diagnostic_status(
+                        f"{name}: camera {cam.name}", info["device"], cam.stats.snapshot(),
+                        {**shared, **camera_info(cam)}, window,
+                    )
+                )  # fmt: skip
+        self.pub_diagnostics.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
 
     def shutdown(self) -> None:
         self._stop_input()
@@ -474,6 +651,11 @@ class DetectorNode(DetectorWiring, Node):
         self._setup()
         self._load()
         self._start()
+
+
+def _stamped(buffer, msg) -> None:
+    """Keep a depth image or camera_info by its stamp for matching to frames."""
+    buffer.add(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, msg)
 
 
 class _RosLogHandler(logging.Handler):

@@ -34,6 +34,14 @@ class NodeConfig:
         tracking: ``off``, ``per_class`` or ``agnostic``: stable track IDs in ``Detection2D.id``
             (:mod:`dart_ros.tracking`); track_buffer_frames: frames a lost track is kept;
             track_high_threshold / track_low_threshold: ByteTrack's two association passes.
+        cameras: names of several cameras served by this one model (empty: one camera on
+            ``image``). Camera ``front`` reads ``front/image`` and publishes ``~/front/detections``
+            …; frames that wait together go through one batched backbone pass.
+        depth_3d: also publish ``~/detections_3d`` (vision_msgs/Detection3DArray in the camera's
+            optical frame) from a registered depth image (``depth/image``: 16UC1 mm or 32FC1 m)
+            and its ``depth/camera_info``, matched to each frame by stamp within depth_slop_s;
+            depth_queue_size: depth and camera_info messages kept per camera for that matching;
+            depth_min_m / depth_max_m: depth outside this range counts as no measurement.
     """
 
     input_transport: str = "raw"
@@ -49,6 +57,12 @@ class NodeConfig:
     track_buffer_frames: int = 30
     track_high_threshold: float = 0.5
     track_low_threshold: float = 0.1
+    cameras: List[str] = dataclasses.field(default_factory=list)
+    depth_3d: bool = False
+    depth_slop_s: float = 0.05
+    depth_queue_size: int = 10
+    depth_min_m: float = 0.1
+    depth_max_m: float = 20.0
 
     def validate(self) -> "NodeConfig":
         if self.input_transport not in INPUT_TRANSPORTS:
@@ -65,6 +79,13 @@ class NodeConfig:
             raise ValueError(f"track_buffer_frames must be >= 1, got {self.track_buffer_frames}")
         if not 0 <= self.track_low_threshold <= self.track_high_threshold <= 1:
             raise ValueError("track_low_threshold <= track_high_threshold, both in [0, 1], required")
+        from dart_ros.ros.camera import check_camera_names
+
+        check_camera_names(self.cameras)
+        if self.depth_slop_s < 0 or self.depth_queue_size < 1:
+            raise ValueError("depth_slop_s must be >= 0 and depth_queue_size >= 1")
+        if not 0 < self.depth_min_m < self.depth_max_m:
+            raise ValueError(f"0 < depth_min_m < depth_max_m required, got {self.depth_min_m}, {self.depth_max_m}")
         if self.annotate_max_rate_hz < 0 or self.diagnostics_period_s <= 0 or self.no_input_warn_s <= 0:
             raise ValueError("annotate_max_rate_hz must be >= 0; diagnostics_period_s and no_input_warn_s > 0")
         return self
@@ -84,6 +105,14 @@ NODE_FIELD_HELP = {
     "track_buffer_frames": "frames a track that is not seen is kept before its ID is retired",
     "track_high_threshold": "tracking: detections scoring at least this are matched first and start tracks (at +0.1)",
     "track_low_threshold": "tracking: weaker detections down to this keep existing tracks alive (occlusions)",
+    "cameras": "names of several cameras through one model, e.g. [front, rear]: camera front reads front/image "
+    "and publishes ~/front/detections (empty: one camera on image)",
+    "depth_3d": "publish ~/detections_3d (Detection3DArray) from depth/image (16UC1 mm or 32FC1 m) and "
+    "depth/camera_info, registered to the color image",
+    "depth_slop_s": "3D: largest stamp difference in seconds between a frame and its depth image and camera_info",
+    "depth_queue_size": "3D: depth and camera_info messages kept per camera for matching by stamp",
+    "depth_min_m": "3D: nearer depth counts as no measurement (metres)",
+    "depth_max_m": "3D: farther depth counts as no measurement (metres)",
 }
 
 
@@ -96,7 +125,15 @@ def parameter_help() -> List[Tuple[str, Any, str]]:
     return out
 
 
-NODE_RUNTIME_FIELDS = ("enabled", "annotate_max_rate_hz", "nms_groups", "no_input_warn_s")
+NODE_RUNTIME_FIELDS = (
+    "enabled",
+    "annotate_max_rate_hz",
+    "nms_groups",
+    "no_input_warn_s",
+    "depth_slop_s",
+    "depth_min_m",
+    "depth_max_m",
+)
 # DetectorConfig fields that are not ROS parameters as such (the node maps them itself).
 DETECTOR_EXCLUDED = ("nms_groups",)
 

@@ -8,7 +8,7 @@ share one memory pool and the weights; each has its own static input and output.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -68,7 +68,8 @@ class BackboneGraphs:
     """``forward_detection`` captured in CUDA graphs, one per buffer slot (own input, output and pool).
 
     ``run(pixels, slot)`` copies the (1, 3, S, S) input into the slot's static buffer, replays, and
-    returns the slot's static output (valid until that slot is run again).
+    returns the slot's static output (valid until that slot is run again). ``run_batch`` does the
+    same for a (B, 3, S, S) batch (several cameras' frames) from a graph per batch size B.
     """
 
     def __init__(
@@ -97,6 +98,9 @@ class BackboneGraphs:
             self.inputs.append(torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype))
             self.outputs.append(None)
             self.graphs.append(None)
+        self.image_size, self.device = image_size, device
+        # batch size -> (static input, static output, graph); each with a pool of its own
+        self.batch_graphs: Dict[int, Tuple[torch.Tensor, torch.Tensor, torch.cuda.CUDAGraph]] = {}
 
     def _capture(self, slot: int) -> None:
         def fresh_pool():
@@ -116,6 +120,40 @@ class BackboneGraphs:
         with torch.cuda.graph(graph, pool=self.pools[slot], stream=side):
             self.outputs[slot] = self.vision.forward_detection(x)
         self.graphs[slot] = graph
+
+    def _capture_batch(self, batch: int) -> None:
+        x = torch.zeros(batch, 3, self.image_size, self.image_size, device=self.device, dtype=self.dtype)
+        pool = [torch.cuda.graph_pool_handle()]
+
+        def capture():
+            side = self.capture_stream
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # compiles and cuDNN's algorithm search, outside the capture
+                    self.vision.forward_detection(x)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool[0], stream=side):
+                out = self.vision.forward_detection(x)
+            self.batch_graphs[batch] = (x, out, graph)
+
+        def fresh_pool():
+            pool[0] = torch.cuda.graph_pool_handle()
+
+        capture_with_eager_fallback(self.vision, f"backbone (batch {batch})", capture, fresh_pool)
+
+    def run_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, C, P, P) features in the batch graph's static output (valid until
+        the next batch of that size)."""
+        batch = int(pixels.shape[0])
+        if not self.use_graphs:
+            return self.vision.forward_detection(pixels.to(self.dtype))
+        if batch not in self.batch_graphs:
+            self._capture_batch(batch)
+        x, out, graph = self.batch_graphs[batch]
+        x.copy_(pixels)
+        graph.replay()
+        return out
 
     def run(self, pixels: torch.Tensor, slot: int = 0) -> torch.Tensor:
         self.inputs[slot].copy_(pixels)

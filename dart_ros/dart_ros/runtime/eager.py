@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -47,7 +47,7 @@ class EagerBackbone(BackboneRunner):
         with _autocast(self.device, self.autocast_dtype):
             return self.model.forward_features(pixels)
 
-    def warm_up(self) -> torch.Tensor:
+    def warm_up(self, batch_sizes: Sequence[int] = ()) -> torch.Tensor:
         # Nothing to capture or compile: features of the right shape for the enc-dec's warm-up.
         p = self.model.feature_size
         return torch.zeros(1, self.model.arch.d_model, p, p, device=self.device)

@@ -5,7 +5,7 @@ class-count bucket). docs/detector.md describes what each piece does.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -53,14 +53,23 @@ class FastBackbone(BackboneRunner):
     def run(self, pixels: torch.Tensor, slot: int = 0) -> torch.Tensor:
         return self.graphs.run(pixels, slot)
 
+    @torch.inference_mode()
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, C, P, P) in one pass (one graph per batch size), fresh tensors."""
+        if pixels.shape[0] == 1:
+            return self.run(pixels, 0).clone()
+        return self.graphs.run_batch(pixels).clone()
+
     @property
     def captured(self) -> Tuple[bool, ...]:
         """Per slot: its graph is captured."""
         return tuple(g is not None for g in self.graphs.graphs)
 
     @torch.inference_mode()
-    def warm_up(self) -> torch.Tensor:
+    def warm_up(self, batch_sizes: Sequence[int] = ()) -> torch.Tensor:
         s = self.image_size
+        for b in sorted(set(batch_sizes) - {1}):
+            self.features(torch.zeros(b, 3, s, s, device=self.device))
         pixels = torch.zeros(1, 3, s, s, device=self.device)
         return [self.run(pixels, slot) for slot in range(self.slots)][0]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable, List, Optional, Protocol
+from typing import Callable, List, Optional, Protocol, Sequence
 
 import torch
 
@@ -60,9 +60,10 @@ class BackboneRunner(abc.ABC):
         return torch.cat([self.run(p[None], 0).clone() for p in pixels])
 
     @abc.abstractmethod
-    def warm_up(self) -> torch.Tensor:
-        """Make every slot ready (graph capture, compiles, autotuning); returns slot 0's features of a
-        blank image, for the encoder-decoder's warm-up."""
+    def warm_up(self, batch_sizes: Sequence[int] = ()) -> torch.Tensor:
+        """Make every slot ready (graph capture, compiles, autotuning), and :meth:`features` for each
+        of ``batch_sizes`` (several cameras); returns slot 0's features of a blank image, for the
+        encoder-decoder's warm-up."""
 
     def close(self) -> None:
         """Release device buffers; the runner is unusable afterwards."""
