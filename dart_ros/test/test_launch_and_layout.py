@@ -49,13 +49,25 @@ def test_launch_maps_arguments_onto_parameters_and_remaps():
     assert (node.package, node.executable, node.name) == ("dart_ros", "detector_node", "dart")
     assert node.parameters[0].endswith("repvit_m2_3.yaml")
     assert node.parameters[-1] == {"classes": ["person", "forklift"], "sam3_checkpoint": "/m/sam3.pt"}
-    assert node.remappings == [("image", "/cam/color")]
+    assert node.remappings[0] == ("image", "/cam/color")
     [node, rviz] = detector_launch(
         backbone="vit_h", image="/cam/color", compressed=True, use_rviz=True, directory=CONFIG
     )
-    assert node.remappings == [("image", "/cam/color")]  # the node subscribes to /cam/color/compressed
+    assert node.remappings[0] == ("image", "/cam/color")  # the node subscribes to /cam/color/compressed
     assert node.parameters[-1] == {"input_transport": "compressed"}
     assert rviz.executable == "rviz2" and rviz.arguments[1].endswith("dart.rviz")
+    [node] = detector_launch(backbone="tiny", depth=True, directory=CONFIG)
+    assert node.parameters[-1] == {"depth_3d": True}
+    assert ("depth/image", "/camera/aligned_depth_to_color/image_raw") in node.remappings
+    assert ("depth/camera_info", "/camera/aligned_depth_to_color/camera_info") in node.remappings
+    [node, rviz] = detector_launch(
+        backbone="tiny", cameras="front=/cf/color/image_raw/compressed, rear", use_rviz=True, directory=CONFIG
+    )
+    assert node.parameters[-1] == {"cameras": ["front", "rear"]}
+    assert node.remappings == [("front/image", "/cf/color/image_raw")]  # rear reads <ns>/rear/image
+    assert "/dart/front/image_annotated" in open(rviz.arguments[1]).read()
+    with pytest.raises(ValueError, match="cameras:=front, front: camera names repeat"):
+        detector_launch(cameras="front, front", directory=CONFIG)
     [lc] = detector_launch(backbone="tiny", lifecycle=True, autostart=False, directory=CONFIG)
     assert lc.executable == "detector_lifecycle_node" and lc.parameters[-1] == {"autostart": False}
     with pytest.raises(ValueError, match="not one of"):
@@ -143,6 +155,10 @@ NON_DEFAULT = {
     "classes": "person, forklift",
     "class_thresholds": "0.4, 0.2",
     "tracking": "per_class",
+    "cameras": "front=/cf/image_raw, rear",
+    "depth": "true",
+    "depth_image": "/cam/depth/image_rect_raw",
+    "depth_camera_info": "/cam/depth/camera_info",
     "sam3_checkpoint": "/m/sam3.pt",
     "backbone_checkpoint": "/m/student.pt",
     "device": "cpu",
@@ -197,6 +213,7 @@ def test_rviz_shows_the_annotated_image_of_this_node():
     [_, rviz] = launch_from_arguments({"use_rviz": "true", "namespace": "/robot1/", "node_name": "det"}, CONFIG)
     text = open(rviz.arguments[1]).read()
     assert "/robot1/det/image_annotated" in text and "/dart/image_annotated" not in text
+    assert "/robot1/det/markers_3d" in text and "/dart/markers_3d" not in text
 
 
 def test_node_launch_ros_args_are_what_launch_ros_passes():
@@ -208,4 +225,6 @@ def test_node_launch_ros_args_are_what_launch_ros_passes():
     args = node.ros_args()
     assert args[:3] == ["--ros-args", "--params-file", os.path.join(CONFIG, "tiny.yaml")]
     assert ["-p", 'classes:=["a", "b"]'] == args[3:5]
-    assert args[5:] == ["-r", "__node:=det", "-r", "__ns:=/robot1", "-r", "image:=/cam/x"]
+    assert args[5:11] == ["-r", "__node:=det", "-r", "__ns:=/robot1", "-r", "image:=/cam/x"]
+    assert args[11:] == ["-r", "depth/image:=/camera/aligned_depth_to_color/image_raw",
+                         "-r", "depth/camera_info:=/camera/aligned_depth_to_color/camera_info"]  # fmt: skip

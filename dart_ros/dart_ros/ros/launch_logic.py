@@ -95,6 +95,14 @@ LAUNCH_ARGUMENTS: Dict[str, Tuple[str, str]] = {
     ),
     "class_thresholds": ("", 'a confidence threshold per class, e.g. "0.4, 0.2" (default: the global one)'),
     "tracking": ("off", "track IDs in Detection2D.id: off, per_class or agnostic"),
+    "cameras": (
+        "",
+        'several cameras through one model: "front=/cam_front/image_raw, rear=/cam_rear/image_raw" (name=image '
+        "topic; a bare name reads <name>/image); replaces image:=",
+    ),
+    "depth": ("false", "publish ~/detections_3d from a registered depth image and its camera_info"),
+    "depth_image": ("/camera/aligned_depth_to_color/image_raw", "depth image registered to the colour image"),
+    "depth_camera_info": ("/camera/aligned_depth_to_color/camera_info", "camera_info of that depth image"),
     "sam3_checkpoint": ("", "path of sam3.pt (empty: the preset file's value)"),
     "backbone_checkpoint": ("", "DART student or pruned checkpoint"),
     "device": ("", "cuda, cuda:1, cpu (empty: the preset's)"),
@@ -128,6 +136,10 @@ def launch_from_arguments(values: Dict[str, str], directory: Optional[str] = Non
         classes=v["classes"],
         class_thresholds=v["class_thresholds"],
         tracking=v["tracking"],
+        cameras=v["cameras"],
+        depth=_flag("depth", v["depth"]),
+        depth_image=v["depth_image"],
+        depth_camera_info=v["depth_camera_info"],
         namespace=v["namespace"],
         node_name=v["node_name"],
         sam3_checkpoint=v["sam3_checkpoint"],
@@ -149,21 +161,29 @@ def node_topic(namespace: str, node_name: str, name: str) -> str:
     return "/" + "/".join(p for p in (ns, node_name, name) if p)
 
 
-def rviz_config(template: str, namespace: str, node_name: str) -> str:
-    """The RViz config with the annotated image topic of this node (the shipped file names the
-    default ``/dart/image_annotated``); a file of its own only where that differs."""
-    topic = node_topic(namespace, node_name, "image_annotated")
-    default = node_topic("", "dart", "image_annotated")
-    if topic == default:
+def rviz_config(template: str, namespace: str, node_name: str, camera: str = "") -> str:
+    """The RViz config showing this node's topics (the shipped file names the default node's
+    ``/dart/image_annotated`` and ``/dart/markers_3d``; with several cameras, the first camera's);
+    a file of its own only where that differs."""
+    pairs = [
+        (node_topic("", "dart", t), node_topic(namespace, node_name, f"{camera}/{t}" if camera else t))
+        for t in RVIZ_TOPICS
+    ]
+    if all(a == b for a, b in pairs):
         return template
     with open(template) as f:
         text = f.read()
     import tempfile
 
+    for a, b in pairs:
+        text = text.replace(a, b)
     fd, path = tempfile.mkstemp(prefix="dart_", suffix=".rviz")
     with os.fdopen(fd, "w") as f:
-        f.write(text.replace(default, topic))
+        f.write(text)
     return path
+
+
+RVIZ_TOPICS = ("image_annotated", "markers_3d")
 
 
 def detector_launch(
@@ -172,6 +192,10 @@ def detector_launch(
     classes: str = "",
     class_thresholds: str = "",
     tracking: str = "off",
+    cameras: str = "",
+    depth: bool = False,
+    depth_image: str = "/camera/aligned_depth_to_color/image_raw",
+    depth_camera_info: str = "/camera/aligned_depth_to_color/camera_info",
     namespace: str = "",
     node_name: str = "dart",
     sam3_checkpoint: str = "",
@@ -210,20 +234,42 @@ def detector_launch(
         overrides["input_transport"] = "compressed"
     if use_sim_time:
         overrides["use_sim_time"] = True
+
+    def base(topic: str) -> str:
+        """The base topic, as image_transport takes it: the node appends /compressed itself."""
+        return topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
+
+    # the single camera's depth topics (used with depth:=true; remapping them costs nothing otherwise)
+    remappings = [("image", base(image)), ("depth/image", depth_image), ("depth/camera_info", depth_camera_info)]
+    if cameras:
+        names, remappings = [], []
+        for spec in parse_classes(cameras):
+            name, sep, topic = (p.strip() for p in spec.partition("="))
+            names.append(name)
+            if sep and topic:
+                remappings.append((f"{name}/image", base(topic)))
+        from dart_ros.ros.camera import check_camera_names
+
+        try:
+            check_camera_names(names)
+        except ValueError as e:
+            raise ValueError(f"cameras:={cameras}: {e}") from None
+        overrides["cameras"] = names
+    if depth:  # with several cameras: <name>/depth/image and <name>/depth/camera_info (docs/node.md)
+        overrides["depth_3d"] = True
     params: List[object] = [preset_file(backbone, directory)]
     if params_file:
         params.append(os.path.expanduser(params_file))
     if overrides:
         params.append(overrides)
-    # The base topic, as image_transport takes it: the node appends /compressed itself.
-    source = image[: -len("/compressed")] if image.endswith("/compressed") else image
     executable = "detector_node"
     if lifecycle:
         executable = "detector_lifecycle_node"
         params.append({"autostart": autostart})
-    nodes = [NodeLaunch("dart_ros", executable, node_name, namespace, params, [("image", source)])]
+    nodes = [NodeLaunch("dart_ros", executable, node_name, namespace, params, remappings)]
     if use_rviz:
-        rviz = rviz_config(os.path.join(directory or config_dir(), "dart.rviz"), namespace, node_name)
+        first = overrides["cameras"][0] if cameras else ""
+        rviz = rviz_config(os.path.join(directory or config_dir(), "dart.rviz"), namespace, node_name, first)
         rviz_params: List[object] = [{"use_sim_time": True}] if use_sim_time else []
         nodes.append(NodeLaunch("rviz2", "rviz2", "rviz2", namespace, rviz_params, [], ["-d", rviz]))
     return nodes
