@@ -3,6 +3,7 @@
 import ast
 import glob
 import os
+import re
 
 import pytest
 import yaml
@@ -228,3 +229,18 @@ def test_node_launch_ros_args_are_what_launch_ros_passes():
     assert args[5:11] == ["-r", "__node:=det", "-r", "__ns:=/robot1", "-r", "image:=/cam/x"]
     assert args[11:] == ["-r", "depth/image:=/camera/aligned_depth_to_color/image_raw",
                          "-r", "depth/camera_info:=/camera/aligned_depth_to_color/camera_info"]  # fmt: skip
+
+
+def test_every_node_parameter_and_launch_argument_is_documented():
+    """docs/node.md's table names every parameter; the README names every launch argument."""
+    from dart_ros.ros.launch_logic import LAUNCH_ARGUMENTS
+    from dart_ros.ros.params import parameter_help
+
+    docs = os.path.join(os.path.dirname(ROOT), "docs", "node.md")
+    table = [ln for ln in open(docs).read().splitlines() if ln.startswith("| `")]
+    documented = {name for ln in table for name in re.findall(r"`([a-z0-9_]+)`", ln.split("|")[1])}
+    missing = [name for name, _, _ in parameter_help() if name not in documented]
+    assert not missing, f"parameters missing from docs/node.md's table: {missing}"
+    readme = open(os.path.join(os.path.dirname(ROOT), "README.md")).read()
+    missing = [a for a in LAUNCH_ARGUMENTS if f"`{a}:=" not in readme]
+    assert not missing, f"launch arguments missing from the README: {missing}"
