@@ -257,6 +257,29 @@ def test_coco_eval_end_to_end_maps_categories_and_resumes(dataset, tmp_path):
     assert len(shard.read_text().splitlines()) == 4 and again["stats"] == results["stats"]
 
 
+def test_coco_synonyms_merge_into_their_category_as_prompt_aliases(tmp_path, rng):
+    """--synonyms: a category's prompts become one aliased class (merged before NMS), a prompt used
+    by an earlier category is not reused, and the detections carry the category ids."""
+    from dart_ros.evaluation.coco import build_vocabulary, detections_to_coco, load_coco
+
+    ann = tmp_path / "ann.json"
+    cats = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "truck"}]
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": cats}))
+    syn = tmp_path / "syn.json"
+    syn.write_text(json.dumps({"person": ["person", "pedestrian", "worker"], "car": ["car", "worker", "auto"]}))
+    specs, class_cats, evaluated = build_vocabulary(load_coco(str(ann)), synonyms=str(syn))
+    assert specs == ["person=person|pedestrian|worker", "car=car|auto", "truck"]
+    assert class_cats == [1, 3, 7] and evaluated == {1: "person", 3: "car", 7: "truck"}
+    det = make_detector("tiny", confidence_threshold=0.0, max_detections=30)
+    assert det.set_classes(specs) == ["person", "car", "truck"]
+    dets = det.detect(random_image(rng))
+    rows = detections_to_coco(5, dets, class_cats)
+    assert len(rows) == len(dets) > 0 and {r["category_id"] for r in rows} <= {1, 3, 7}
+    syn.write_text(json.dumps({"person": "pedestrian"}))
+    with pytest.raises(ValueError, match="must be lists of prompts"):
+        build_vocabulary(load_coco(str(ann)), synonyms=str(syn))
+
+
 def test_autolabel_folder_and_bag(dataset, tmp_path):
     from pycocotools.coco import COCO
     from rosbags.rosbag2 import StoragePlugin, Writer

@@ -4,9 +4,10 @@ Protocols (DART_METHOD.md §7.2, §7.3):
   official  confidence 0, no NMS, top-100 per image over all classes (DART's 55.8 AP protocol)
   nms       confidence 0.01, per-class NMS 0.7, top-300 per image (DART's student protocol)
 
-Every category name is a prompt (or several, from a synonyms file; any synonym's detection counts
-for its category). Predictions are cached per image in JSON lines, so an interrupted run resumes;
-under torchrun each rank takes every world-size-th image and rank 0 merges and scores.
+Every category name is a prompt (or several, from a synonyms file: the category's prompts merge
+into one class before NMS, as the node's prompt aliases do). Predictions are cached per image in
+JSON lines, so an interrupted run resumes; under torchrun each rank takes every world-size-th image
+and rank 0 merges and scores.
 """
 
 from __future__ import annotations
@@ -88,7 +89,14 @@ def load_coco(path: str):
 
 
 def build_vocabulary(coco, classes_file: str = "", synonyms: str = "") -> Tuple[List[str], List[int], Dict[int, str]]:
-    """(prompts, category id of each prompt, {category id: name}) for the categories evaluated."""
+    """(class specs, category id of each, {category id: name}) for the categories evaluated.
+
+    A category with synonyms becomes one class described by several prompts
+    (``name=prompt|prompt``, :meth:`Detector.set_classes`): its prompts' detections merge into it
+    before NMS, so two synonyms finding one object give one box, not a duplicate that would count
+    as a false positive. A prompt already used by an earlier category is not used again."""
+    from dart_ros.config import format_class_spec
+
     cats = {}
     for c in coco.loadCats(coco.getCatIds()):
         if not isinstance(c.get("name"), str) or not c["name"].strip():
@@ -110,13 +118,17 @@ def build_vocabulary(coco, classes_file: str = "", synonyms: str = "") -> Tuple[
         unknown = sorted(set(syn) - set(by_name))
         if unknown:
             raise ValueError(f"synonyms for categories not in the annotations: {unknown}")
-    prompts, prompt_cats = [], []
+        bad = [k for k, v in syn.items() if not isinstance(v, list) or not all(isinstance(p, str) for p in v)]
+        if bad:
+            raise ValueError(f"synonyms of {bad} must be lists of prompts")
+    specs, class_cats, used = [], [], set()
     for n in names:
-        for p in syn.get(n, [n]):
-            if p not in prompts:
-                prompts.append(p)
-                prompt_cats.append(by_name[n])
-    return prompts, prompt_cats, {by_name[n]: n for n in names}
+        prompts = [p for p in dict.fromkeys(" ".join(p.split()) for p in syn.get(n, [n])) if p and p not in used]
+        if prompts:
+            used.update(prompts)
+            specs.append(format_class_spec(n, prompts))
+            class_cats.append(by_name[n])
+    return specs, class_cats, {by_name[n]: n for n in names}
 
 
 def evaluate(coco_gt, detections: List[dict], image_ids: Sequence[int], cat_ids: Sequence[int]) -> dict:
@@ -150,13 +162,13 @@ def evaluate(coco_gt, detections: List[dict], image_ids: Sequence[int], cat_ids:
     }
 
 
-def detections_to_coco(image_id: int, dets, prompt_cats: Sequence[int]) -> List[dict]:
+def detections_to_coco(image_id: int, dets, class_cats: Sequence[int]) -> List[dict]:
     out = []
     for (x1, y1, x2, y2), s, c in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist(), strict=True):
         out.append(
             {
                 "image_id": int(image_id),
-                "category_id": int(prompt_cats[c]),
+                "category_id": int(class_cats[c]),
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "score": float(s),
             }
@@ -203,7 +215,7 @@ def run(cfg: EvalConfig, det_cfg) -> Optional[dict]:
     env = D.init(det_cfg.device)
     try:
         coco = load_coco(cfg.annotations)
-        prompts, prompt_cats, evaluated = build_vocabulary(coco, cfg.classes_file, cfg.synonyms)
+        prompts, class_cats, evaluated = build_vocabulary(coco, cfg.classes_file, cfg.synonyms)
         stray = unknown_category_annotations(coco)
         if stray and env.is_main:
             log.warning("%d annotations have a category id the file does not list: they are not evaluated", stray)
@@ -253,7 +265,7 @@ def run(cfg: EvalConfig, det_cfg) -> Optional[dict]:
                 t = time.perf_counter()
                 dets = detector.detect(img)
                 times.append((time.perf_counter() - t) * 1e3)
-                rows = detections_to_coco(img_id, dets, prompt_cats)
+                rows = detections_to_coco(img_id, dets, class_cats)
                 cache.write(json.dumps({"image_id": img_id, "detections": rows}) + "\n")
                 cache.flush()
         D.barrier(env)
