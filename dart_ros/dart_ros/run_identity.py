@@ -9,6 +9,7 @@ what differs, before touching anything (the earlier run's files stay as they are
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -84,13 +85,17 @@ def differences(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> l
     return out
 
 
-def check_run_identity(out_dir: str, identity: Dict[str, Any], resume: bool, write: bool = True) -> bool:
+def check_run_identity(
+    out_dir: str, identity: Dict[str, Any], resume: bool, write: bool = True, state: Sequence[str] = ()
+) -> bool:
     """Compare ``identity`` with the run recorded in ``out_dir``.
 
     Returns True when there is a matching earlier run to continue, False when starting fresh (no
     earlier run, or ``resume`` is False: the caller then discards the earlier run's state).
-    Raises RunMismatchError when an earlier, different run is there and ``resume`` is True.
-    ``write``: record ``identity`` (only one process of a distributed job writes).
+    Raises RunMismatchError when an earlier, different run is there and ``resume`` is True, or when
+    any of ``state`` (an earlier run's outputs: paths or glob patterns) exists without a recorded
+    identity (nothing says whose they are). ``write``: record ``identity`` (only one process of a
+    distributed job writes).
     """
     identity = json.loads(json.dumps(identity, default=str))
     path = os.path.join(out_dir, IDENTITY_FILE)
@@ -101,6 +106,11 @@ def check_run_identity(out_dir: str, identity: Dict[str, Any], resume: bool, wri
                 previous = json.load(f)
         except (OSError, json.JSONDecodeError):
             previous = {"unreadable": True}
+    if previous is None and resume and any(glob.glob(p) for p in state):
+        raise RunMismatchError(
+            f"{out_dir} holds outputs of a run without a recorded identity: use a new --out-dir, "
+            "or --resume false to discard them"
+        )
     if previous is not None and resume and previous != identity:
         diff = differences(previous, identity)
         shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")

@@ -8,6 +8,7 @@ COCO dataset (``images/`` + ``annotations.json``) that pycocotools and training 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -125,12 +126,7 @@ def run(cfg: AutolabelConfig, det_cfg) -> dict:
     identity["source"] = _source_identity(cfg.source, is_bag)
     identity["detector"] = config_identity(det_cfg, exclude=RUNTIME_FIELDS, files=CHECKPOINT_FIELDS)
     labels_path = os.path.join(cfg.out_dir, LABELS)
-    resuming = check_run_identity(cfg.out_dir, identity, cfg.resume, write=False)
-    if not resuming and cfg.resume and os.path.isfile(labels_path):
-        raise ValueError(
-            f"{cfg.out_dir} holds labels of a run without a recorded identity: use a new --out-dir, "
-            "or --resume false to discard them"
-        )
+    resuming = check_run_identity(cfg.out_dir, identity, cfg.resume, write=False, state=[glob.escape(labels_path)])
     check_run_identity(cfg.out_dir, identity, resume=False, write=True)
     dump({"autolabel": cfg, "detector": det_cfg}, os.path.join(cfg.out_dir, "config.json"))
 

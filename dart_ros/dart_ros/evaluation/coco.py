@@ -226,12 +226,9 @@ def run(cfg: EvalConfig, det_cfg) -> Optional[dict]:
             det_cfg, **PROTOCOLS[cfg.protocol], device=str(env.device) if env.device.type == "cuda" else det_cfg.device
         )
         identity = run_identity(cfg, det_cfg, image_ids, env.world_size)
-        resuming = check_run_identity(cfg.out_dir, identity, cfg.resume, write=False)  # all ranks, before writes
-        if not resuming and cfg.resume and glob.glob(os.path.join(cfg.out_dir, "predictions_rank*.jsonl")):
-            raise ValueError(
-                f"{cfg.out_dir} holds predictions of a run without a recorded identity: use a new --out-dir, "
-                "or --resume false to discard them"
-            )
+        predictions = os.path.join(glob.escape(cfg.out_dir), "predictions_rank*.jsonl")
+        # all ranks, before any writes
+        resuming = check_run_identity(cfg.out_dir, identity, cfg.resume, write=False, state=[predictions])
         D.barrier(env)
         if env.is_main:
             if not resuming:  # another run's outputs must not pass for this one's

@@ -9,6 +9,7 @@ scaler, step), an optional on-disk teacher-feature cache, tqdm progress and a JS
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
@@ -122,12 +123,7 @@ def claim_out_dir(
     identity.update(world_size=env.world_size, dataset=dataset_fingerprint(image_paths))
     state = [os.path.join(cfg.out_dir, n) for n in (*STATE_FILES, *extra_state)]
     # every rank reads before any writes: they all take the same decision
-    resuming = check_run_identity(cfg.out_dir, identity, cfg.resume, write=False)
-    if not resuming and cfg.resume and any(os.path.exists(p) for p in state):
-        raise ValueError(
-            f"{cfg.out_dir} holds outputs of a run without a recorded identity: use a new --out-dir, "
-            "or --resume false to discard them"
-        )
+    resuming = check_run_identity(cfg.out_dir, identity, cfg.resume, write=False, state=[glob.escape(p) for p in state])
     D.barrier(env)
     if env.is_main:
         if not resuming:
