@@ -101,3 +101,29 @@ def test_depth_and_camera_info_match_an_image_by_stamp_and_stay_bounded():
     assert len(depth) == 5 and depth.nearest(2.0, 0.5) is None and depth.nearest(101.0, 0.01) == "x99"
     with pytest.raises(ValueError):
         StampedBuffer(0)
+
+
+def test_depth_messages_decode_to_metres_with_row_padding_and_byte_order():
+    """sensor_msgs/Image-shaped depth: 16UC1 mm (either byte order) and 32FC1 m, padded rows."""
+    from types import SimpleNamespace
+
+    from dart_ros.image_decode import depth_image_to_metres
+    from dart_ros.types import BadImageError
+
+    mm = np.array([[0, 1500, 2000], [65535, 10, 3000]], np.uint16)
+    for order in ("<", ">"):
+        rows = np.concatenate([mm.astype(order + "u2").view(np.uint8), np.zeros((2, 4), np.uint8)], axis=1)
+        msg = SimpleNamespace(encoding="16UC1", height=2, width=3, step=10, data=rows.tobytes(),
+                              is_bigendian=int(order == ">"))  # fmt: skip
+        got = depth_image_to_metres(msg)
+        assert np.isnan(got[0, 0]) and got[0, 1] == pytest.approx(1.5) and got[1, 0] == pytest.approx(65.535)
+    m = np.array([[np.nan, 2.5], [0.0, np.inf]], "<f4")
+    msg = SimpleNamespace(encoding="32FC1", height=2, width=2, step=8, data=m.tobytes(), is_bigendian=0)
+    got = depth_image_to_metres(msg)
+    assert got[0, 1] == 2.5 and np.isnan(got[[0, 1, 1], [0, 0, 1]]).all()
+    with pytest.raises(BadImageError, match="unsupported depth encoding 'rgb8'"):
+        depth_image_to_metres(SimpleNamespace(encoding="rgb8", height=2, width=2, step=6, data=b"\0" * 12,
+                                              is_bigendian=0))  # fmt: skip
+    with pytest.raises(BadImageError, match="header says"):
+        depth_image_to_metres(SimpleNamespace(encoding="32FC1", height=2, width=2, step=8, data=b"\0" * 8,
+                                              is_bigendian=0))  # fmt: skip

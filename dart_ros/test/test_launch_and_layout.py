@@ -244,3 +244,25 @@ def test_every_node_parameter_and_launch_argument_is_documented():
     readme = open(os.path.join(os.path.dirname(ROOT), "README.md")).read()
     missing = [a for a in LAUNCH_ARGUMENTS if f"`{a}:=" not in readme]
     assert not missing, f"launch arguments missing from the README: {missing}"
+
+
+def test_camera_topics_and_names():
+    from dart_ros.ros.camera import camera_topics, check_camera_names
+    from dart_ros.ros.params import NodeConfig
+
+    one, front = camera_topics(), camera_topics("front")
+    assert (one.image, one.detections, one.depth, one.camera_info) == (
+        "image", "~/detections", "depth/image", "depth/camera_info")  # fmt: skip
+    assert (front.image, front.detections, front.image_annotated, front.detections_3d, front.markers_3d) == (
+        "front/image", "~/front/detections", "~/front/image_annotated", "~/front/detections_3d",
+        "~/front/markers_3d")  # fmt: skip
+    check_camera_names(["front", "rear_left2"])
+    for bad in (["front", "front"], ["2nd"], ["front/left"], [""], ["a b"]):
+        with pytest.raises(ValueError):
+            check_camera_names(bad)
+    with pytest.raises(ValueError, match="camera name"):
+        NodeConfig(cameras=["left", "right-hand"]).validate()
+    with pytest.raises(ValueError, match="depth_min_m < depth_max_m"):
+        NodeConfig(depth_min_m=5.0, depth_max_m=1.0).validate()
+    with pytest.raises(ValueError, match="depth_slop_s"):
+        NodeConfig(depth_slop_s=-1.0).validate()
