@@ -47,6 +47,11 @@ class DetectorConfig:
             cuBLASLt's candidate algorithms for the ViT's block GEMMs once at start-up and run the
             fastest inside the backbone's CUDA graph (without nvmath-python: torch's pick, said in
             the log).
+        cache_dir: folder where compiled kernels persist between starts (torch.compile's inductor
+            cache and Triton's kernel cache go to ``<cache_dir>/inductor`` and ``<cache_dir>/triton``),
+            so a second start skips the compiling; ``auto``: ``$XDG_CACHE_HOME/dart_ros`` (else
+            ``~/.cache/dart_ros``); empty: torch's and Triton's own defaults. ``TORCHINDUCTOR_CACHE_DIR``
+            or ``TRITON_CACHE_DIR`` set in the environment win.
     Vocabulary
         classes: initial vocabulary.
         max_classes: largest vocabulary accepted.
@@ -79,6 +84,7 @@ class DetectorConfig:
     compile_kernels: bool = True
     compile_encdec: bool = False
     tune_gemms: bool = True
+    cache_dir: str = "auto"
 
     classes: List[str] = dataclasses.field(default_factory=list)
     class_thresholds: List[float] = dataclasses.field(default_factory=list)
@@ -135,6 +141,17 @@ class DetectorConfig:
         )
 
 
+def resolve_cache_dir(value: str) -> str:
+    """``cache_dir`` as a folder ("" when off): ``auto`` is ``$XDG_CACHE_HOME/dart_ros``, else
+    ``~/.cache/dart_ros``."""
+    import os
+
+    if value == "auto":
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(base, "dart_ros")
+    return os.path.expanduser(value) if value else ""
+
+
 def check_threshold(name: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
@@ -160,6 +177,7 @@ FIELD_HELP = {
     "compile_kernels": "fast runtime: torch.compile the backbone's small element-wise work",
     "compile_encdec": "fast runtime: torch.compile the encoder and decoder loops (minutes at first start)",
     "tune_gemms": "fast runtime: time cuBLASLt algorithms for the ViT's GEMMs at start-up (needs nvmath-python)",
+    "cache_dir": "folder keeping compiled kernels between starts (auto: ~/.cache/dart_ros; empty: torch's defaults)",
     "classes": "vocabulary: class names, each its own text prompt, or name=prompt|prompt|... for a class "
     "described by several prompts (merged, best score kept); also changed by the set_classes service",
     "class_thresholds": "a confidence threshold per class of 'classes', in [0, 1) (empty = "

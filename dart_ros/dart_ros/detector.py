@@ -79,6 +79,20 @@ class Vocabulary:
         return dataclasses.replace(base, row_thresholds=rows, row_classes=tuple(self.prompt_classes) if merged else ())
 
 
+def use_kernel_cache(value: str) -> str:
+    """Point torch.compile's and Triton's on-disk caches into ``cache_dir`` (before anything
+    compiles), unless the environment already names them; returns the folder ("" when off)."""
+    import os
+
+    from dart_ros.config import resolve_cache_dir
+
+    folder = resolve_cache_dir(value)
+    if folder:
+        for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+            os.environ.setdefault(var, os.path.join(folder, sub))
+    return folder
+
+
 def resolve_device(spec: str) -> torch.device:
     if spec in ("", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,6 +112,7 @@ class Detector:
     def __init__(self, config: DetectorConfig, model: Optional[DartModel] = None):
         self.config = config.validate()
         self.device = resolve_device(config.device)
+        self.cache_dir = use_kernel_cache(config.cache_dir) if self.device.type == "cuda" else ""
         if model is None:
             model = build_model(
                 backbone=config.backbone,
@@ -181,6 +196,7 @@ class Detector:
             "weights": "random" if self.random_weights else "checkpoint",
             "prompt_mode": self.config.prompt_mode,
             "runtime": self.runners.name,
+            "kernel_cache": self.cache_dir or "off",
         }
 
     def close(self) -> None:

@@ -299,10 +299,14 @@ def run(args) -> Dict[str, object]:
     else:
         msg_type, frames = synthetic_frames(args.synthetic, args.frames)
         source = {"synthetic": args.synthetic, "frames": len(frames)}
+    t_start = time.monotonic()
     node = start_node(args, msg_type) if args.start_node else None
     harness = Harness(msg_type, frames, args.input, args.output)
     try:
         harness.wait_for_node(args.node_timeout_s, alive=(node.alive if node else lambda: True))
+        t_ready = time.monotonic()
+        if node is not None:
+            print(f"node subscribed {t_ready - t_start:.1f} s after its start", flush=True)
         cpu_by_probe: List[float] = []
 
         def probe(rate: float) -> ProbeResult:
@@ -332,10 +336,18 @@ def run(args) -> Dict[str, object]:
         )
         print(f"fixed-rate runs at {fixed} Hz, {args.iterations} each", flush=True)
         rows = fixed_rate_rows(harness, fixed, args)
+        first = min(harness.received.values(), default=None)
     finally:
         harness.close()
         if node is not None:
             node.stop()
+    # start-up as a user sees it: process start -> input subscribed (model loaded, graphs captured,
+    # kernels compiled) -> the first detections received (the first probe's first frame)
+    start_up = (
+        {"to_subscribed_s": t_ready - t_start, "to_first_detection_s": first - t_start if first else None}
+        if node is not None
+        else None
+    )
     probes = [
         dict(p.as_dict(), passed=ok, cpu_percent=cpu)
         for p, ok, cpu in zip(found.probes, found.passed, cpu_by_probe[1:], strict=False)
@@ -344,6 +356,7 @@ def run(args) -> Dict[str, object]:
         "environment": environment(args, source),
         "max_rate_hz": found.max_rate_hz,
         "at_upper_bound": found.at_upper_bound,
+        "node_start": start_up,
         "search": {"probes": probes},
         "fixed_rates": rows,
         "title": args.title or (args.bag or f"synthetic {args.synthetic}"),
@@ -352,6 +365,11 @@ def run(args) -> Dict[str, object]:
 
 def print_table(report: Dict[str, object]) -> None:
     m = report["max_rate_hz"]
+    if report.get("node_start"):
+        s = report["node_start"]
+        first = s["to_first_detection_s"]
+        print(f"\nnode start: subscribed after {s['to_subscribed_s']:.1f} s, first detections after "
+              + (f"{first:.1f} s" if first is not None else "none"))  # fmt: skip
     print(
         f"\nmax sustainable input rate: {'none (the lower bound failed)' if m is None else f'{m:.2f} Hz'}"
         + (" (the upper bound: widen --upper)" if report["at_upper_bound"] else "")

@@ -1,6 +1,7 @@
 """The Detector API: vocabulary validation and caching, inputs, outputs, run-time settings."""
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -291,3 +292,22 @@ def test_warm_up_of_the_eager_runtime_runs_no_model():
     assert feat.shape == (1, det.model.arch.d_model, det.model.feature_size, det.model.feature_size)
     assert not feat.any()  # zeros: nothing was computed
     assert det.warm_up() >= 0.0
+
+
+def test_kernel_cache_folder(monkeypatch, tmp_path):
+    """cache_dir points torch.compile's and Triton's on-disk caches into one folder, unless the
+    environment names them already; empty leaves them alone."""
+    from dart_ros.detector import use_kernel_cache
+
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    assert use_kernel_cache("") == "" and "TRITON_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert use_kernel_cache("auto") == str(tmp_path / "xdg" / "dart_ros")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "xdg" / "dart_ros" / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "xdg" / "dart_ros" / "triton")
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/elsewhere")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert use_kernel_cache(str(tmp_path / "mine")) == str(tmp_path / "mine")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine" / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == "/elsewhere"  # the user's choice wins

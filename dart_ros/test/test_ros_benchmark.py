@@ -141,3 +141,6 @@ def test_rate_search_and_fixed_rates_against_the_node(tmp_path):
         assert len(row["iterations"]) == 3
         assert 0.0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"] < 10_000
     assert "max sustainable input rate" in res.stdout
+    start = report["node_start"]  # the node's start-up as a user sees it
+    assert 0 < start["to_subscribed_s"] < start["to_first_detection_s"] < 240
+    assert "node start: subscribed after" in res.stdout

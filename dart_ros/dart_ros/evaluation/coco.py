@@ -34,7 +34,7 @@ PROTOCOLS = {
 # Detector settings that change how fast, not what, it predicts: a run may resume with other values.
 RUNTIME_FIELDS = (
     "device", "runtime", "cuda_graphs", "compile_kernels", "compile_encdec", "tune_gemms", "max_classes_per_chunk",
-    "text_cache", "max_classes", "max_class_name_chars", "load_text_encoder",
+    "text_cache", "max_classes", "max_class_name_chars", "load_text_encoder", "cache_dir",
 )  # fmt: skip
 CHECKPOINT_FIELDS = ("sam3_checkpoint", "backbone_checkpoint", "timm_weights")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
