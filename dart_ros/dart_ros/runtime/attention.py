@@ -112,13 +112,54 @@ if triton is not None:
         return n, h, head, offs_m, offs_d, q
 
     @triton.jit
-    def _online_softmax(s, v, m_i, l_i, acc, qk_scale):
-        """One key block's scores ``s`` folded into the running max, sum and P·V accumulator."""
+    def _exp2_pairs(x, DTYPE: tl.constexpr):
+        """2**x of fp32 ``x`` rounded to DTYPE, two values per special-function instruction (sm_90)."""
+        if DTYPE == tl.bfloat16:
+            return tl.inline_asm_elementwise(
+                "ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x.to(tl.bfloat16)], dtype=tl.bfloat16, is_pure=True, pack=2
+            )
+        else:
+            return tl.inline_asm_elementwise(
+                "ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)], dtype=tl.float16, is_pure=True, pack=2
+            )
+
+    @triton.jit
+    def _row_sums_init(BLOCK_M: tl.constexpr, EXP_MODE: tl.constexpr):
+        if EXP_MODE == 2:  # row sums accumulated by the tensor cores, in 16 equal columns
+            return tl.zeros([BLOCK_M, 16], tl.float32)
+        else:
+            return tl.zeros([BLOCK_M], tl.float32)
+
+    @triton.jit
+    def _row_sums_final(l_i, EXP_MODE: tl.constexpr):
+        if EXP_MODE == 2:
+            return tl.max(l_i, 1)
+        else:
+            return l_i
+
+    @triton.jit
+    def _online_softmax(s, v, m_i, l_i, acc, qk_scale, EXP_MODE: tl.constexpr = 0):
+        """One key block's scores ``s`` folded into the running max, sum and P·V accumulator.
+
+        EXP_MODE 0: fp32 exponentials, rounded to the input dtype for P·V. 1: exponentials of
+        arguments rounded to the input dtype, two per instruction (the special-function unit is
+        this head dimension's bottleneck, not the tensor cores). 2: as 1, and the row sums taken
+        by the tensor cores as P·1 instead of converting P back to fp32.
+        """
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if EXP_MODE == 0:
+            p32 = tl.math.exp2(s * qk_scale - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p32, 1)
+            p = p32.to(v.dtype)
+        else:
+            p = _exp2_pairs(s * qk_scale - m_new[:, None], v.dtype)
+            if EXP_MODE == 1:
+                l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+            else:
+                ones = tl.full([s.shape[1], 16], 1.0, v.dtype)
+                l_i = tl.dot(p, ones, l_i * alpha[:, None])
+        acc = acc * alpha[:, None] + tl.dot(p, v)
         return m_new, l_i, acc
 
     @triton.jit
@@ -138,6 +179,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         MASK: tl.constexpr,
         HAS_KEY_MASK: tl.constexpr,
+        EXP_MODE: tl.constexpr,
     ):
         offs_n = start + tl.arange(0, BLOCK_N)
         if MASK:
@@ -152,7 +194,7 @@ if triton is not None:
             if HAS_KEY_MASK:
                 valid = valid & (tl.load(km_ptr + offs_n, mask=offs_n < Lk, other=0) != 0)
             s = tl.where(valid[None, :], s, float("-inf"))
-        return _online_softmax(s, v, m_i, l_i, acc, qk_scale)
+        return _online_softmax(s, v, m_i, l_i, acc, qk_scale, EXP_MODE)
 
     @triton.jit
     def _attention_kernel(
@@ -178,6 +220,7 @@ if triton is not None:
         HAS_KEY_MASK: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        EXP_MODE: tl.constexpr = 0,
     ):
         n, h, head, offs_m, offs_d, q = _query_tile(Q, s_qn, s_ql, Lq, H, HEAD_DIM, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
@@ -185,26 +228,58 @@ if triton is not None:
         v_ptrs = V + n * s_vn + offs_n[:, None] * s_vl + head + offs_d[None, :]
         km_ptr = KM + n * s_km
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
+        l_i = _row_sums_init(BLOCK_M, EXP_MODE)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         # a key mask (short text prompts) masks every block; without one only the partial last block
         full_end = 0 if HAS_KEY_MASK else (Lk // BLOCK_N) * BLOCK_N
         for start in range(0, full_end, BLOCK_N):
             m_i, l_i, acc = _block(
-                q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, s_kl, s_vl, BLOCK_N, False, False
+                q,
+                k_ptrs,
+                v_ptrs,
+                km_ptr,
+                start,
+                Lk,
+                m_i,
+                l_i,
+                acc,
+                qk_scale,
+                s_kl,
+                s_vl,
+                BLOCK_N,
+                False,
+                False,
+                EXP_MODE,
             )
         for start in range(full_end, Lk, BLOCK_N):
             m_i, l_i, acc = _block(
-                q, k_ptrs, v_ptrs, km_ptr, start, Lk, m_i, l_i, acc, qk_scale, s_kl, s_vl, BLOCK_N, True, HAS_KEY_MASK
+                q,
+                k_ptrs,
+                v_ptrs,
+                km_ptr,
+                start,
+                Lk,
+                m_i,
+                l_i,
+                acc,
+                qk_scale,
+                s_kl,
+                s_vl,
+                BLOCK_N,
+                True,
+                HAS_KEY_MASK,
+                EXP_MODE,
             )
-        o = acc / l_i[:, None]
+        o = acc / _row_sums_final(l_i, EXP_MODE)[:, None]
         tl.store(
             Out + n * s_on + offs_m[:, None] * s_ol + head + offs_d[None, :],
             o.to(Out.dtype.element_ty),
             mask=offs_m[:, None] < Lq,
         )
 
-    _tuned_kernel = triton.autotune(configs=_configs(), key=["Lq", "Lk", "HEAD_DIM", "HAS_KEY_MASK"])(_attention_kernel)
+    _tuned_kernel = triton.autotune(configs=_configs(), key=["Lq", "Lk", "HEAD_DIM", "HAS_KEY_MASK", "EXP_MODE"])(
+        _attention_kernel
+    )
 
     @triton.jit
     def _tma_step(
@@ -222,13 +297,14 @@ if triton is not None:
         HEAD_DIM: tl.constexpr,
         BLOCK_N: tl.constexpr,
         MASK: tl.constexpr,
+        EXP_MODE: tl.constexpr,
     ):
         k = k_desc.load([n, start, col]).reshape(BLOCK_N, HEAD_DIM)  # rows past Lk arrive as zeros
         v = v_desc.load([n, start, col]).reshape(BLOCK_N, HEAD_DIM)
         s = tl.dot(q, k.T)
         if MASK:
             s = tl.where((start + tl.arange(0, BLOCK_N) < Lk)[None, :], s, float("-inf"))
-        return _online_softmax(s, v, m_i, l_i, acc, qk_scale)
+        return _online_softmax(s, v, m_i, l_i, acc, qk_scale, EXP_MODE)
 
     @triton.jit
     def _tma_attention_kernel(
@@ -243,6 +319,7 @@ if triton is not None:
         HEAD_DIM: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        EXP_MODE: tl.constexpr = 0,
     ):
         """:func:`_attention_kernel` without a key mask, its tiles moved by the TMA unit: (N, L, H·d)
         descriptors, program (m, n·H + h)."""
@@ -252,21 +329,23 @@ if triton is not None:
         start_m = tl.program_id(0) * BLOCK_M
         q = q_desc.load([n, start_m, col]).reshape(BLOCK_M, HEAD_DIM)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
+        l_i = _row_sums_init(BLOCK_M, EXP_MODE)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         full_end = (Lk // BLOCK_N) * BLOCK_N
         for start in range(0, full_end, BLOCK_N):
             m_i, l_i, acc = _tma_step(
-                q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, False
+                q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, False, EXP_MODE
             )
         for start in range(full_end, Lk, BLOCK_N):
             m_i, l_i, acc = _tma_step(
-                q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, True
+                q, k_desc, v_desc, n, col, start, Lk, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, True, EXP_MODE
             )
-        o = acc / l_i[:, None]
+        o = acc / _row_sums_final(l_i, EXP_MODE)[:, None]
         o_desc.store([n, start_m, col], o.to(o_desc.dtype).reshape(1, BLOCK_M, HEAD_DIM))  # rows past Lq dropped
 
-    _tuned_tma_kernel = triton.autotune(configs=_tma_configs(), key=["Lq", "Lk", "HEAD_DIM"])(_tma_attention_kernel)
+    _tuned_tma_kernel = triton.autotune(configs=_tma_configs(), key=["Lq", "Lk", "HEAD_DIM", "EXP_MODE"])(
+        _tma_attention_kernel
+    )
 
     @triton.jit
     def _biased_split_kernel(
@@ -328,6 +407,17 @@ if triton is not None:
     )
 
 
+# How the flash kernels take their exponentials on a GPU that has the paired instructions (sm_90+);
+# 0 everywhere else, and under Triton's interpreter (no inline PTX there).
+PAIRED_EXP_MODE = 0
+
+
+def default_exp_mode(q: torch.Tensor) -> int:
+    if not q.is_cuda or _capability(q.device.index if q.device.index is not None else torch.cuda.current_device()) < 9:
+        return 0
+    return PAIRED_EXP_MODE
+
+
 def _token_major(t: torch.Tensor) -> bool:
     return t.dim() == 3 and t.stride(-1) == 1
 
@@ -363,14 +453,18 @@ def launch(
     key_mask: Optional[torch.Tensor] = None,
     config: Optional["triton.Config"] = None,
     tma: Optional[bool] = None,
+    exp_mode: Optional[int] = None,
 ) -> torch.Tensor:
     """Run the kernel: (N, Lq, H·d) queries over (N, Lk, H·d) keys/values, H heads -> (N, Lq, H·d).
 
     ``key_mask``: (N, Lk) bool, True = attend (padding of text prompts). ``config``: fixed block
     sizes / warps / stages (probes, the interpreter in the tests); default: autotuned over
     :func:`_configs` (:func:`_tma_configs`) on the first call per shape. ``tma``: load tiles with
-    the TMA unit (no key mask; default: where :func:`tma_supported`).
+    the TMA unit (no key mask; default: where :func:`tma_supported`). ``exp_mode``: how the
+    exponentials are taken (see ``_online_softmax``; default :func:`default_exp_mode`).
     """
+    if exp_mode is None:
+        exp_mode = default_exp_mode(q)
     n, lq, c = q.shape
     lk = k.shape[1]
     d = c // heads
@@ -382,7 +476,7 @@ def launch(
         descs = [_descriptor(t, d) for t in (q, k, v, out)]
         if config is None:
             grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), n * heads)  # noqa: E731
-            _tuned_tma_kernel[grid](*descs, lq, lk, heads, qk_scale, HEAD_DIM=d)
+            _tuned_tma_kernel[grid](*descs, lq, lk, heads, qk_scale, HEAD_DIM=d, EXP_MODE=exp_mode)
         else:
             _tma_blocks(
                 dict(zip(("q_desc", "k_desc", "v_desc", "o_desc"), descs, strict=True), HEAD_DIM=d, **config.kwargs)
@@ -395,6 +489,7 @@ def launch(
                 heads,
                 qk_scale,
                 HEAD_DIM=d,
+                EXP_MODE=exp_mode,
                 num_warps=config.num_warps,
                 num_stages=config.num_stages,
                 **config.kwargs,
@@ -421,7 +516,7 @@ def launch(
         out.stride(1),
         km.stride(0) if key_mask is not None else 0,
     )
-    meta = dict(HEAD_DIM=d, HAS_KEY_MASK=key_mask is not None)
+    meta = dict(HEAD_DIM=d, HAS_KEY_MASK=key_mask is not None, EXP_MODE=exp_mode)
     if config is None:
         grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), n * heads)  # noqa: E731
         _tuned_kernel[grid](*args, **meta)
