@@ -23,6 +23,11 @@ ros2_benchmark's method (NVIDIA-ISAAC-ROS/ros2_benchmark; docs/offline.md, "ROS 
 5. ``--iterations`` probes at the found rate and at each ``--fixed-rates`` rate (those above 1.05 ×
    the found rate skipped), concluded as ros2_benchmark does (best and worst iteration dropped).
 
+6. With ``--library``, after the node has stopped: the Detector alone in this process with the
+   node's settings (``--params-file`` / ``--param``) on the same frames, from decoded arrays and
+   decoding each message, and the host's per-frame costs on the way in (serialise, deserialise,
+   decode, copy to page-locked memory): the gap between the node's rate and the library's.
+
 Writes ``<out>.json`` (every probe, the conclusion, the environment) and ``<out>.png`` (output vs
 playback rate, latency percentiles vs rate) and prints a table. The node's own view (its
 frame-drop counter, stage timings) is on ``/diagnostics``. Left out, unlike ros2_benchmark: GPU
@@ -209,6 +214,73 @@ def start_node(args, msg_type: type):
     return RosProcess("dart_ros.ros.node", params, remaps=remaps, log_path=log_path, params_file=args.params_file)
 
 
+def _median_ms(fn, reps: int = 20) -> float:
+    import numpy as np
+
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def library_rates(args, msg_type: type, frames: list) -> Dict[str, object]:
+    """The Detector alone with the node's settings on the same frames, in this process: frames per
+    second from decoded arrays (the library's own rate) and from the messages (each decoded in the
+    loop, as the node does), plus the per-frame host costs on the way in: a message's (de)serialisation
+    (what DDS and rclpy add), its decoding, and its copy into page-locked memory for the upload."""
+    import torch
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from dart_ros import image_decode
+    from dart_ros.detector import Detector
+    from dart_ros.ros.params import configs_from_values, read_params_file
+
+    values = read_params_file(args.params_file) if args.params_file else {}
+    values.update(node_launch(msg_type.__name__, args.input, args.param)[0])
+    det_cfg, node_cfg = configs_from_values(values)
+    compressed = node_cfg.input_transport == "compressed"
+    decode = image_decode.compressed_to_array if compressed else image_decode.image_to_array
+    decoded = [decode(m) for m in frames]
+    wire = serialize_message(frames[0])
+    hwc = torch.from_numpy(decoded[0][0].copy())
+    costs = {
+        "message_bytes": len(wire),
+        "serialize_ms": _median_ms(lambda: serialize_message(frames[0])),
+        "deserialize_ms": _median_ms(lambda: deserialize_message(wire, msg_type)),
+        "decode_ms": _median_ms(lambda: decode(frames[0])),
+        "pinned_copy_ms": _median_ms(lambda: torch.empty(hwc.shape, dtype=hwc.dtype, pin_memory=True).copy_(hwc))
+        if torch.cuda.is_available()
+        else None,
+    }
+    det = Detector(det_cfg)
+    try:
+        det.warm_up()
+        pipelined = node_cfg.pipelining
+
+        def rate(inputs) -> float:
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < args.library_s or count < 2 * len(frames):
+                item = inputs(count % len(frames))
+                if pipelined:
+                    det.submit(*item)
+                else:
+                    det.detect(*item)
+                count += 1
+            det.flush()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return count / (time.perf_counter() - start)
+
+        rate(lambda i: decoded[i])  # warm: the pipeline's buffers, the allocator
+        from_arrays = rate(lambda i: decoded[i])
+        from_messages = rate(lambda i: decode(frames[i]))
+    finally:
+        det.close()
+    return {"pipelining": pipelined, "from_arrays_fps": from_arrays, "from_messages_fps": from_messages, **costs}
+
+
 def environment(args, source: Dict[str, object]) -> Dict[str, object]:
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -341,6 +413,7 @@ def run(args) -> Dict[str, object]:
         harness.close()
         if node is not None:
             node.stop()
+    library = library_rates(args, msg_type, frames) if args.library else None  # the GPU is free again
     # start-up as a user sees it: process start -> input subscribed (model loaded, graphs captured,
     # kernels compiled) -> the first detections received (the first probe's first frame)
     start_up = (
@@ -357,6 +430,7 @@ def run(args) -> Dict[str, object]:
         "max_rate_hz": found.max_rate_hz,
         "at_upper_bound": found.at_upper_bound,
         "node_start": start_up,
+        "library": library,
         "search": {"probes": probes},
         "fixed_rates": rows,
         "title": args.title or (args.bag or f"synthetic {args.synthetic}"),
@@ -370,6 +444,15 @@ def print_table(report: Dict[str, object]) -> None:
         first = s["to_first_detection_s"]
         print(f"\nnode start: subscribed after {s['to_subscribed_s']:.1f} s, first detections after "
               + (f"{first:.1f} s" if first is not None else "none"))  # fmt: skip
+    lib = report.get("library")
+    if lib:
+        print(
+            f"\nthe library alone ({'pipelined' if lib['pipelining'] else 'sequential'}, same settings and frames): "
+            f"{lib['from_arrays_fps']:.1f} frames/s from decoded arrays, {lib['from_messages_fps']:.1f} decoding "
+            f"each message; per frame ({lib['message_bytes'] / 1e6:.1f} MB): serialise {lib['serialize_ms']:.2f} ms, "
+            f"deserialise {lib['deserialize_ms']:.2f} ms, decode {lib['decode_ms']:.2f} ms"
+            + (f", pinned copy {lib['pinned_copy_ms']:.2f} ms" if lib["pinned_copy_ms"] is not None else "")
+        )
     print(
         f"\nmax sustainable input rate: {'none (the lower bound failed)' if m is None else f'{m:.2f} Hz'}"
         + (" (the upper bound: widen --upper)" if report["at_upper_bound"] else "")
@@ -427,6 +510,13 @@ def body(argv=None) -> int:
         help="rates (Hz) measured after the search, those at or below 1.05x the found maximum",
     )  # fmt: skip
     ap.add_argument("--iterations", type=int, default=5, help="probes per fixed rate (best and worst dropped)")
+    ap.add_argument(
+        "--library",
+        action="store_true",
+        help="after the node's run, the Detector alone in this process with the same settings and frames "
+        "(frames/s from decoded arrays and from the messages; per-frame host costs), for the gap to the node",
+    )
+    ap.add_argument("--library-s", type=float, default=5.0, help="--library: seconds per measurement")
     ap.add_argument("--title", default="", help="plot title")
     ap.add_argument("--out", default="artifacts/ros_benchmark", help="writes <out>.json and <out>.png")
     add_debug_flag(ap)

@@ -6,12 +6,10 @@ import os
 import re
 
 import pytest
-import yaml
 
-from dart_ros.config import DetectorConfig
 from dart_ros.presets import LAUNCH_BACKBONES, PRESETS
 from dart_ros.ros.launch_logic import detector_launch, parse_classes, preset_file
-from dart_ros.ros.params import NodeConfig, _config_value, parameter_fields
+from dart_ros.ros.params import configs_from_values, read_params_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "config")
@@ -26,17 +24,30 @@ def test_parse_classes():
 @pytest.mark.parametrize("backbone", LAUNCH_BACKBONES)
 def test_every_launch_backbone_has_a_valid_parameter_file(backbone):
     assert backbone in PRESETS
-    with open(preset_file(backbone, CONFIG)) as f:
-        params = yaml.safe_load(f)["/**"]["ros__parameters"]
-    fields = {f.name: (owner, cfg) for owner, cfg, f in parameter_fields()}
-    det, node = {}, {}
-    for k, v in params.items():
-        assert k in fields, f"{backbone}.yaml: {k} is not a parameter"
-        owner, cfg = fields[k]
-        (det if owner == "detector" else node)[k] = _config_value(k, v, getattr(cfg, k))
-    assert params["backbone"] == backbone
-    DetectorConfig(**det).validate()
-    NodeConfig(**node).validate()
+    values = read_params_file(preset_file(backbone, CONFIG))
+    assert values["backbone"] == backbone
+    det, node = configs_from_values(values)  # every key a parameter, every value valid
+    assert det.backbone == backbone and node.input_transport == values.get("input_transport", "raw")
+
+
+def test_parameter_files_and_overrides_map_onto_the_configs(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "/**:\n  ros__parameters:\n    backbone: tiny\n    nms_iou: 0.5\n    classes: [a, b]\n"
+        "dart:\n  ros__parameters:\n    nms_iou: 0.6\n    pipelining: true\n"
+        "other:\n  ros__parameters:\n    nms_iou: 0.9\n"
+    )
+    values = read_params_file(str(path))
+    assert values == {"backbone": "tiny", "nms_iou": 0.6, "classes": ["a", "b"], "pipelining": True}
+    det, node = configs_from_values({**values, "max_detections": 7, "skip_blocks": "1,2"})
+    assert (det.backbone, det.nms_iou, det.classes, det.max_detections, det.skip_blocks) == (
+        "tiny", 0.6, ["a", "b"], 7, (1, 2),
+    )  # fmt: skip
+    assert node.pipelining is True
+    with pytest.raises(ValueError, match="not parameters of the detector node: bakbone"):
+        configs_from_values({"bakbone": "tiny"})
+    with pytest.raises(ValueError):
+        configs_from_values({"nms_iou": 2.0})
 
 
 def test_launch_maps_arguments_onto_parameters_and_remaps():

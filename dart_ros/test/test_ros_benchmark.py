@@ -116,6 +116,9 @@ def test_rate_search_and_fixed_rates_against_the_node(tmp_path):
         "3",
         "--node-timeout-s",
         "120",
+        "--library",
+        "--library-s",
+        "1",
         "--out",
         str(out),
     ]
@@ -144,3 +147,8 @@ def test_rate_search_and_fixed_rates_against_the_node(tmp_path):
     start = report["node_start"]  # the node's start-up as a user sees it
     assert 0 < start["to_subscribed_s"] < start["to_first_detection_s"] < 240
     assert "node start: subscribed after" in res.stdout
+    # the library alone with the node's settings on the same frames, and the host costs per frame
+    lib = report["library"]
+    assert lib["pipelining"] is False and lib["from_arrays_fps"] > 0 and lib["from_messages_fps"] > 0
+    assert lib["message_bytes"] > 96 * 128 * 3 and lib["deserialize_ms"] > 0 and lib["decode_ms"] >= 0
+    assert "the library alone (sequential" in res.stdout

@@ -181,6 +181,35 @@ def parameter_fields() -> List[Tuple[str, Any, dataclasses.Field]]:
     return out
 
 
+def configs_from_values(values: Dict[str, Any]) -> Tuple[DetectorConfig, NodeConfig]:
+    """Parameter values by name (a parameter file's, ``-p`` overrides) -> the configs the node would
+    run with (validated); names that are no parameter raise ValueError. Needs no ROS."""
+    known = {f.name for _, _, f in parameter_fields()}
+    unknown = sorted(set(values) - known - {"use_sim_time"})
+    if unknown:
+        raise ValueError(f"not parameters of the detector node: {', '.join(unknown)}")
+    det_kwargs, node_kwargs = {}, {}
+    for owner, cfg, f in parameter_fields():
+        if f.name in values:
+            value = _config_value(f.name, values[f.name], getattr(cfg, f.name))
+            (det_kwargs if owner == "detector" else node_kwargs)[f.name] = value
+    return DetectorConfig(**det_kwargs).validate(), NodeConfig(**node_kwargs).validate()
+
+
+def read_params_file(path: str, node_name: str = "dart") -> Dict[str, Any]:
+    """The ``ros__parameters`` of a ROS 2 parameter file for this node: the ``/**`` wildcard's, then
+    the node's own (``<node_name>`` or ``/<node_name>``) on top, as ``--params-file`` applies them."""
+    import yaml
+
+    with open(path) as f:
+        doc = yaml.safe_load(f) or {}
+    values: Dict[str, Any] = {}
+    for key in ("/**", node_name, "/" + node_name):
+        section = doc.get(key) or {}
+        values.update(section.get("ros__parameters") or {})
+    return values
+
+
 VOCABULARY_FIELDS = ("classes", "class_thresholds")
 
 
