@@ -23,8 +23,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 def test_pattern(index: int, height: int, width: int) -> np.ndarray:
     """An RGB frame: a colour gradient with a few moving shapes (deterministic in ``index``)."""
-    import cv2
-
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     img = np.stack([xx / max(width - 1, 1), yy / max(height - 1, 1), 0.5 + 0.5 * np.sin((xx + yy) / 40.0)], -1)
     img = (img * 120 + 40).astype(np.uint8)
@@ -34,10 +32,10 @@ def test_pattern(index: int, height: int, width: int) -> np.ndarray:
         cx = int(width * (0.5 + 0.35 * np.cos(t + 2.1 * k)))
         cy = int(height * (0.5 + 0.35 * np.sin(1.3 * t + 2.1 * k)))
         r = max(3, int(s * (0.08 + 0.03 * k)))
-        if k == 0:
-            cv2.circle(img, (cx, cy), r, color, -1)
-        else:
-            cv2.rectangle(img, (cx - r, cy - r // 2), (cx + r, cy + r // 2), color, -1)
+        if k == 0:  # a filled disc
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = color
+        else:  # a filled rectangle, 2r x r
+            img[max(cy - r // 2, 0) : max(cy + r // 2 + 1, 0), max(cx - r, 0) : max(cx + r + 1, 0)] = color
     return img
 
 

@@ -43,6 +43,8 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: attention() falls back to SDPA
     triton = None
+from dart_ros.runtime.autotune import autotune
+
 try:  # Triton >= 3.3: host-built TMA descriptors (Hopper and later)
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:
@@ -277,9 +279,7 @@ if triton is not None:
             mask=offs_m[:, None] < Lq,
         )
 
-    _tuned_kernel = triton.autotune(configs=_configs(), key=["Lq", "Lk", "HEAD_DIM", "HAS_KEY_MASK", "EXP_MODE"])(
-        _attention_kernel
-    )
+    _tuned_kernel = autotune(_configs(), key=["Lq", "Lk", "HEAD_DIM", "HAS_KEY_MASK", "EXP_MODE"])(_attention_kernel)
 
     @triton.jit
     def _tma_step(
@@ -343,9 +343,7 @@ if triton is not None:
         o = acc / _row_sums_final(l_i, EXP_MODE)[:, None]
         o_desc.store([n, start_m, col], o.to(o_desc.dtype).reshape(1, BLOCK_M, HEAD_DIM))  # rows past Lq dropped
 
-    _tuned_tma_kernel = triton.autotune(configs=_tma_configs(), key=["Lq", "Lk", "HEAD_DIM", "EXP_MODE"])(
-        _tma_attention_kernel
-    )
+    _tuned_tma_kernel = autotune(_tma_configs(), key=["Lq", "Lk", "HEAD_DIM", "EXP_MODE"])(_tma_attention_kernel)
 
     @triton.jit
     def _biased_split_kernel(
@@ -402,7 +400,7 @@ if triton is not None:
         tl.store(ML + base * 2, m_i, mask=row_ok)
         tl.store(ML + base * 2 + 1, l_i, mask=row_ok)
 
-    _tuned_biased_kernel = triton.autotune(configs=_biased_configs(), key=["Lq", "Lk", "HEAD_DIM", "keys_per_split"])(
+    _tuned_biased_kernel = autotune(_biased_configs(), key=["Lq", "Lk", "HEAD_DIM", "keys_per_split"])(
         _biased_split_kernel
     )
 

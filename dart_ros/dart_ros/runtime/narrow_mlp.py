@@ -27,11 +27,13 @@ try:
 except ImportError:  # CPU-only installs: narrow_mlp() runs the layers
     triton = None
 
+from dart_ros.runtime.autotune import autotune  # noqa: E402
+
 MAX_IN, MAX_HIDDEN, MAX_OUT = 8, 512, 64
 
 if triton is not None:
 
-    @triton.autotune(
+    @autotune(
         configs=[triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in ((64, 4), (128, 8), (128, 4))],
         key=["K_IN", "HIDDEN", "OUT_PAD"],
     )
