@@ -21,6 +21,10 @@ DART_VENV=$(python3 -c 'import sys; print(sys.prefix)')
 [ -f "$DART_VENV/bin/activate" ] || { echo "python3 is not a virtual environment's ($DART_VENV)" >&2; exit 2; }
 export DART_VENV DART_ROS_WS=${DART_ROS_WS:-/tmp/dart_ros_ws}
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELS"
+# tools/setup_ros.sh calls `pip`: make it this Python's, whether or not the environment has a pip script
+SHIM=$(mktemp -d)
+printf '#!/bin/sh\nexec "%s" -m pip "$@"\n' "$(command -v python3)" >"$SHIM/pip" && chmod +x "$SHIM/pip"
+export PATH="$SHIM:$PATH"
 # the wheels of distributions this Python lacks (never replacing what it has, torch's stack above all)
 mapfile -t missing < <(python3 - "$WHEELS" <<'PY'
 import glob, importlib.metadata as md, os, re, sys
