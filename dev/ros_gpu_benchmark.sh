@@ -8,7 +8,8 @@
 #
 # WHEEL_DIR: the wheels tools/setup_ros.sh installs, for this Python (pip download
 # --python-version ...; `pip wheel empy==4.2.1` for empy), plus dart_ros's requirements the
-# machine lacks. Environment: BENCH_ARGS (extra ros_benchmark arguments), DART_ROS_WS.
+# machine lacks. Environment: BENCH_ARGS (extra ros_benchmark arguments), DART_ROS_WS, SETUP_ONLY=1
+# (install and build, no benchmark).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHEELS=$(cd "$1" && pwd)
@@ -39,6 +40,8 @@ PY
 )
 [ ${#missing[@]} -eq 0 ] || python3 -m pip install -q --no-deps --disable-pip-version-check "${missing[@]}"
 bash "$ROOT/tools/setup_ros.sh" >"$OUT/setup_ros.log" 2>&1 || { tail -30 "$OUT/setup_ros.log"; exit 1; }
+
+[ "${SETUP_ONLY:-0}" = 1 ] && exit 0
 
 set +u
 # shellcheck disable=SC1091
