@@ -32,7 +32,7 @@ from typing import Callable, List, Optional
 
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
@@ -76,7 +76,8 @@ class DetectorWiring:
             stats = self.stats if not self.cfg.cameras else NodeStats()
             self.cameras.append(CameraChannel(topics, topic, stats, self.cfg.depth_queue_size))
         self.input_topic = self.cameras[0].input_topic
-        # Callback groups: a slow vocabulary swap must not block image reception.
+        # Callback groups: which callbacks may overlap under a multi-threaded executor (a host
+        # application's); the node's own main spins one thread (see spin_node).
         self._image_group = MutuallyExclusiveCallbackGroup()
         self._depth_group = MutuallyExclusiveCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
@@ -683,7 +684,7 @@ def _forward_python_logging(ros_logger) -> None:
 
 
 def spin_node(factory: Callable[[], DetectorWiring], args=None, on_start: Callable = lambda node: None) -> None:
-    """The portable rclpy main (Humble to Kilted): init, build, spin on 4 threads, shut down.
+    """The portable rclpy main (Humble to Kilted): init, build, spin one executor thread, shut down.
 
     rclpy's own signal handlers would shut the context down the moment Ctrl-C arrives, while the
     inference thread may still be publishing ("publisher's context is invalid"). Here SIGINT and
@@ -714,7 +715,10 @@ def spin_node(factory: Callable[[], DetectorWiring], args=None, on_start: Callab
             logger.debug(traceback.format_exc())
         if node is not None:
             on_start(node)
-            executor = MultiThreadedExecutor(num_threads=4)
+            # One executor thread beside the inference thread. rclpy's MultiThreadedExecutor, its
+            # threads contending for the GIL with inference, held a GPU node at 1080p to a fraction
+            # of the rate it sustains with one (docs/benchmarks.md, "The node over DDS").
+            executor = SingleThreadedExecutor()
             executor.add_node(node)
             executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
