@@ -145,3 +145,11 @@ def test_kernels_match_sdpa_at_the_encdec_and_vit_shapes_on_the_gpu():
         sdpa = att.sdpa_attention(*args)
         # at least as close to fp32 as torch's own bf16 attention, up to rounding
         assert (ours.float() - ref).abs().max() <= (sdpa.float() - ref).abs().max() * 1.5 + 1e-3
+    if torch.cuda.get_device_capability()[0] >= 9:  # paired exponentials (exp_mode 1, 2): as close as mode 0
+        for args in ((q, k, v, heads), (q, kt, vt, heads, mask)):
+            key_mask = att.key_padding_mask(args[4], q, args[1]) if len(args) > 4 else None
+            ref = _reference(*args)
+            err0 = (att.launch(*args[:4], key_mask, exp_mode=0).float() - ref).abs().max()
+            for mode in (1, 2):
+                err = (att.launch(*args[:4], key_mask, exp_mode=mode).float() - ref).abs().max()
+                assert err <= err0 * 1.5 + 1e-3, (mode, err, err0)

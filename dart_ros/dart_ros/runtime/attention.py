@@ -407,7 +407,7 @@ if triton is not None:
 
 # How the flash kernels take their exponentials on a GPU that has the paired instructions (sm_90+);
 # 0 everywhere else, and under Triton's interpreter (no inline PTX there).
-PAIRED_EXP_MODE = 0
+PAIRED_EXP_MODE = 0  # 1 and 2 measured slower on an H200 (dev/kernel_probe.py)
 
 
 def default_exp_mode(q: torch.Tensor) -> int:
