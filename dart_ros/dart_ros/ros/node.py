@@ -75,7 +75,6 @@ class DetectorWiring:
                 topic = topic.rstrip("/") + "/compressed"
             stats = self.stats if not self.cfg.cameras else NodeStats()
             self.cameras.append(CameraChannel(topics, topic, stats, self.cfg.depth_queue_size))
-        self.input_topic = self.cameras[0].input_topic
         # Callback groups: which callbacks may overlap under a multi-threaded executor (a host
         # application's); the node's own main spins one thread (see spin_node).
         self._image_group = MutuallyExclusiveCallbackGroup()
@@ -136,7 +135,6 @@ class DetectorWiring:
                 cam.pub_detections_3d = self.create_publisher(Detection3DArray, t.detections_3d, 10)
                 cam.pub_markers = self.create_publisher(MarkerArray, t.markers_3d, 2)
                 self._owned += [cam.pub_detections_3d, cam.pub_markers]
-        self.pub_detections = self.cameras[0].pub_detections
         self.pub_label_info = self.create_publisher(LabelInfo, "~/label_info", latched)
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._owned += [
@@ -201,7 +199,6 @@ class DetectorWiring:
                         callback_group=self._depth_group,
                     ),
                 ]  # fmt: skip
-        self.sub = self.cameras[0].sub
         with self._cond:
             self._stop = False
         self._worker = threading.Thread(target=self._work, name="dart_inference", daemon=True)
@@ -224,7 +221,6 @@ class DetectorWiring:
                 if sub is not None:
                     self.destroy_subscription(sub)
             cam.sub, cam.depth_subs = None, []
-        self.sub = None
         with self._cond:
             self._stop = True
             for cam in self.cameras:
