@@ -128,7 +128,7 @@ shebang=$(head -1 "$exe")
   # shellcheck disable=SC1091
   . "$T/ws/install/setup.bash"
   set -u
-  "$exe" --help | grep -q "Parameters" || fail "detector_node --help"
+  help_text=$("$exe" --help) && grep -q "Parameters" <<<"$help_text" || fail "detector_node --help"
   export ROS_DOMAIN_ID=$(( 20 + $$ % 60 ))
   run=("$VPY" -m dart_ros.ros.demo --frames 10 --out "$T/demo")
   if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null && unshare -n true 2>/dev/null; then

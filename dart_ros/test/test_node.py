@@ -719,6 +719,19 @@ def test_every_executable_answers_help(argv):
         assert "\n  " in out.split("Parameters (--ros-args", 1)[1]  # at least one parameter listed
 
 
+def test_help_into_a_closed_pipe_exits_cleanly():
+    """``detector_node --help | head -1``: the reader goes before the text is written; no traceback."""
+    require_ros()
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dart_ros.ros.node", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=pkg
+    )
+    proc.stdout.close()  # no reader left: the node's write fails with EPIPE
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()[-2000:]
+
+
 def test_ctrl_c_while_images_stream_shuts_down_cleanly(tmp_path):
     """SIGINT with the inference thread busy: the worker stops before the context goes, so no
     traceback ("publisher's context is invalid") and exit code 0; SIGTERM the same."""

@@ -15,8 +15,13 @@ def exit_with_help_if_asked(
     own = argv[: argv.index("--ros-args")] if "--ros-args" in argv else argv
     if "-h" not in own and "--help" not in own:
         return
-    print((doc or "").strip())
-    print("\nParameters (--ros-args -p name:=value; -r image:=<topic> remaps the input):")
+    lines = [(doc or "").strip(), "\nParameters (--ros-args -p name:=value; -r image:=<topic> remaps the input):"]
     for name, default, meaning in parameters:
-        print(f"  {name} (default {default!r}){': ' + meaning if meaning else ''}")
+        lines.append(f"  {name} (default {default!r}){': ' + meaning if meaning else ''}")
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     raise SystemExit(0)
