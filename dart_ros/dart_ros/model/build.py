@@ -24,15 +24,16 @@ def bpe_path() -> str:
     """Path of the CLIP BPE vocabulary shipped inside the ``open-clip-torch`` wheel.
 
     The ``sam3`` 0.1.4 wheel does not ship ``bpe_simple_vocab_16e6.txt.gz`` although its default
-    path points at it; the file is byte-identical to the one open_clip ships.
+    path points at it; the file is byte-identical to the one open_clip ships. The package is
+    located, not imported: importing open_clip imports transformers (and through it scikit-learn)
+    where they are installed, seconds of every start for one file name.
     """
-    try:
-        import open_clip
-    except ImportError as e:  # pragma: no cover - dependency of the package
-        raise RuntimeError(
-            "open-clip-torch is required: it ships the CLIP BPE vocabulary that SAM3's tokenizer needs"
-        ) from e
-    path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("open-clip-torch is required: it ships the CLIP BPE vocabulary that SAM3's tokenizer needs")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "bpe_simple_vocab_16e6.txt.gz")
     if not os.path.isfile(path):
         raise RuntimeError(f"the CLIP BPE vocabulary is missing from open_clip: {path}")
     return path
