@@ -43,7 +43,7 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs: attention() falls back to SDPA
     triton = None
-from dart_ros.runtime.autotune import autotune
+from dart_ros.runtime.autotune import PersistentTuner, autotune
 
 try:  # Triton >= 3.3: host-built TMA descriptors (Hopper and later)
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -78,16 +78,25 @@ def _configs():
 
 def _tma_configs():
     # With TMA loads, 64 × 128 tiles suit the enc-dec's shapes and the ViT's global blocks, 128 × 64
-    # (8 warps) its windows; the neighbours cover other GPUs.
-    shapes = ((64, 128, 4, 3), (64, 64, 4, 4), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4))
+    # (8 warps) its windows; the neighbours cover other GPUs. Capped at 128 registers a thread, four
+    # programs of 64 × 128 share an SM instead of three (more warps to cover the score GEMM's wait).
+    shapes = (
+        (64, 128, 4, 3, None),
+        (64, 128, 4, 3, 128),
+        (64, 64, 4, 4, None),
+        (64, 64, 4, 3, None),
+        (128, 64, 8, 3, None),
+        (128, 128, 8, 3, 128),
+        (128, 64, 8, 4, None),
+    )
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, pre_hook=_tma_blocks)
-        for bm, bn, w, st in shapes
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, maxnreg=regs)
+        for bm, bn, w, st, regs in shapes
     ]
 
 
 def _tma_blocks(nargs) -> None:
-    """A config's block sizes into the descriptors (autotuning runs the same descriptors per config)."""
+    """A config's block sizes into the descriptors (the tuner launches the same descriptors per config)."""
     for name, rows in (("q_desc", "BLOCK_M"), ("o_desc", "BLOCK_M"), ("k_desc", "BLOCK_N"), ("v_desc", "BLOCK_N")):
         nargs[name].block_shape = [1, nargs[rows], nargs["HEAD_DIM"]]
 
@@ -343,7 +352,8 @@ if triton is not None:
         o = acc / _row_sums_final(l_i, EXP_MODE)[:, None]
         o_desc.store([n, start_m, col], o.to(o_desc.dtype).reshape(1, BLOCK_M, HEAD_DIM))  # rows past Lq dropped
 
-    _tuned_tma_kernel = autotune(_tma_configs(), key=["Lq", "Lk", "HEAD_DIM", "EXP_MODE"])(_tma_attention_kernel)
+    # Triton's autotuner cannot keep choices whose descriptors change per config (see autotune.py)
+    _tma_tuner = PersistentTuner("tma_attention", _tma_configs(), version=lambda: _tma_attention_kernel.cache_key)
 
     @triton.jit
     def _biased_split_kernel(
@@ -425,6 +435,17 @@ def _capability(device: int) -> int:
     return torch.cuda.get_device_capability(device)[0]
 
 
+def _device_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
 def tma_supported(*tensors: torch.Tensor) -> bool:
     """Whether the TMA kernel can read and write these (N, L, C) tensors: a Hopper-or-later GPU (or
     Triton's interpreter, for the tests), 16-byte aligned addresses and strides, no broadcast axis."""
@@ -472,15 +493,11 @@ def launch(
         tma = key_mask is None and tma_supported(q, k, v, out)
     if tma:
         descs = [_descriptor(t, d) for t in (q, k, v, out)]
-        if config is None:
-            grid = lambda m: (triton.cdiv(lq, m["BLOCK_M"]), n * heads)  # noqa: E731
-            _tuned_tma_kernel[grid](*descs, lq, lk, heads, qk_scale, HEAD_DIM=d, EXP_MODE=exp_mode)
-        else:
-            _tma_blocks(
-                dict(zip(("q_desc", "k_desc", "v_desc", "o_desc"), descs, strict=True), HEAD_DIM=d, **config.kwargs)
-            )
-            grid = (triton.cdiv(lq, config.kwargs["BLOCK_M"]), n * heads)
-            _tma_attention_kernel[grid](
+
+        def run(cfg: "triton.Config") -> None:
+            names = ("q_desc", "k_desc", "v_desc", "o_desc")
+            _tma_blocks(dict(zip(names, descs, strict=True), HEAD_DIM=d, **cfg.kwargs))
+            _tma_attention_kernel[(triton.cdiv(lq, cfg.kwargs["BLOCK_M"]), n * heads)](
                 *descs,
                 lq,
                 lk,
@@ -488,10 +505,15 @@ def launch(
                 qk_scale,
                 HEAD_DIM=d,
                 EXP_MODE=exp_mode,
-                num_warps=config.num_warps,
-                num_stages=config.num_stages,
-                **config.kwargs,
+                num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
+                **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
+                **cfg.kwargs,
             )
+
+        if config is None:
+            config = _tma_tuner.choose((_device_name(q.device), lq, lk, d, exp_mode, str(q.dtype)), run)
+        run(config)
         return out
     km = key_mask if key_mask is not None else out  # any pointer; not read without a mask
     args = (
