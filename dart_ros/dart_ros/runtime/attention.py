@@ -26,7 +26,8 @@ key-padding mask, or at least that many keys with an additive bias — and
 ``F.scaled_dot_product_attention`` otherwise, so every other path (CPU, fp32 checks, the decoder's
 self- and text attention) is unchanged. The kernels are registered as ``torch.library`` custom ops
 so ``torch.compile`` treats them as opaque calls and CUDA graphs capture them. Block sizes are
-autotuned per shape on the first call, which the graph runners make before capture.
+autotuned per shape on the first call, which the graph runners make before capture; the choices
+are kept in Triton's cache folder for the next process (:mod:`dart_ros.runtime.autotune`).
 """
 
 from __future__ import annotations
