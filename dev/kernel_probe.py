@@ -10,6 +10,8 @@
    tensor-core and the special-function-unit floors.
 2. GEMMs of the ViT block and the encoder FFN in bf16 against FP8 (e4m3, row-wise scales, bf16
    out, ``torch._scaled_mm``), and the cost of quantising the activations (row amax + scale + cast).
+3. The encoder's self-attention over fixed block shapes and register caps (``--only-variants``
+   runs just this): how much more programs per SM buy.
 
 Writes <out>.json and prints tables.
 """
@@ -101,6 +103,50 @@ def probe_attention(classes: int):
     return rows
 
 
+def probe_variants(classes: int):
+    """The encoder's self-attention (TMA kernel) over fixed block shapes and register caps: a cap
+    lets more programs share an SM (more warps to hide the score GEMM's latency) at the risk of
+    spills. The autotuned default first."""
+    import triton
+
+    q, k, v, heads, _ = attention_cases(classes)[f"encoder self N={classes}"]
+    n, lq, c = q.shape
+    flops = 4 * n * lq * k.shape[1] * c
+    ref = _reference(q, k, v, heads)
+    rows = []
+
+    def run(label, fn):
+        try:
+            out = fn()
+            torch.cuda.synchronize()
+            ms = cuda_events_ms(fn)
+        except Exception as e:  # noqa: BLE001 - a variant this Triton cannot compile
+            rows.append({"variant": label, "error": f"{type(e).__name__}: {e}"[:300]})
+            print(f"{label:36s} failed: {rows[-1]['error'][:120]}", flush=True)
+            return
+        err = (out.float() - ref).abs().max().item()
+        rows.append({"variant": label, "ms": ms, "tflops": flops / ms / 1e9, "max_abs_err": err})
+        print(f"{label:36s} {ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s err {err:.2e}", flush=True)
+
+    run("autotuned", lambda: att.launch(q, k, v, heads))
+    # (BLOCK_M, BLOCK_N, warps, stages, register caps): 64 × 128 tiles need 138 registers a thread
+    # uncapped (three programs of 4 warps per SM), 128 or 106 capped (four), 96 with spills (five).
+    shapes = (
+        (64, 128, 4, 3, (None, 128, 112, 96)),
+        (64, 128, 4, 2, (None, 112)),
+        (64, 64, 4, 3, (None,)),
+        (64, 64, 4, 4, (None,)),
+        (128, 64, 8, 3, (None,)),
+        (128, 128, 8, 3, (None, 128)),
+    )
+    for bm, bn, w, st, caps in shapes:
+        for cap in caps:
+            cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, maxnreg=cap)
+            label = f"{bm}x{bn} w{w} s{st} regs<={cap or '-'}"
+            run(label, lambda c=cfg: att.launch(q, k, v, heads, config=c, tma=True))
+    return rows
+
+
 def _quantise_rows(x: torch.Tensor):
     amax = x.abs().amax(-1, keepdim=True).float().clamp(min=1e-6)
     scale = amax / 448.0
@@ -151,13 +197,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--classes", type=int, default=16, help="classes (batch of the encoder's shapes)")
     ap.add_argument("--skip-gemms", action="store_true")
+    ap.add_argument("--only-variants", action="store_true", help="only the self-attention variants")
     ap.add_argument("--out", default="artifacts/kernel_probe")
     args = ap.parse_args()
     result = {
         "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
-        "attention": probe_attention(args.classes),
-        "gemms": [] if args.skip_gemms else probe_gemms(args.classes),
+        "attention_variants": probe_variants(args.classes),
+        "attention": [] if args.only_variants else probe_attention(args.classes),
+        "gemms": [] if args.skip_gemms or args.only_variants else probe_gemms(args.classes),
     }
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)

@@ -9,7 +9,8 @@
 # WHEEL_DIR: the wheels tools/setup_ros.sh installs, for this Python (pip download
 # --python-version ...; `pip wheel empy==4.2.1` for empy), plus dart_ros's requirements the
 # machine lacks. Environment: BENCH_ARGS (extra ros_benchmark arguments), DART_ROS_WS, SETUP_ONLY=1
-# (install and build, no benchmark).
+# (install and build, no benchmark), STARTS_ONLY=1 (the first backbone's two starts, each with a
+# short rate probe, no search).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHEELS=$(cd "$1" && pwd)
@@ -21,6 +22,9 @@ if [ $# -gt 0 ]; then BACKBONES=("$@"); else BACKBONES=(vit_h repvit_m2_3); fi
 DART_VENV=$(python3 -c 'import sys; print(sys.prefix)')
 [ -f "$DART_VENV/bin/activate" ] || { echo "python3 is not a virtual environment's ($DART_VENV)" >&2; exit 2; }
 export DART_VENV DART_ROS_WS=${DART_ROS_WS:-/tmp/dart_ros_ws}
+# An installed Python package keeps its compiled bytecode; an environment that forbids writing it
+# recompiles torch's sources in every process, seconds of every start that no user pays.
+unset PYTHONDONTWRITEBYTECODE
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELS"
 # tools/setup_ros.sh calls `pip`: make it this Python's, whether or not the environment has a pip script
 SHIM=$(mktemp -d)
@@ -67,11 +71,16 @@ bench() {  # backbone, output name, extra arguments
 
 search=(--lower 10 --upper 200 --width 4 --step 2 --duration 2 --drain-s 2 --fixed-rates 30 --iterations 3
         --library --library-s 4)
+short=(--lower 5 --upper 10 --width 5 --duration 2 --drain-s 2 --fixed-rates --iterations 1)
 cd "$ROOT/dart_ros"
+if [ "${STARTS_ONLY:-0}" = 1 ]; then
+  bench "${BACKBONES[0]}" "ros_${BACKBONES[0]}_first_start" "${short[@]}" || true
+  bench "${BACKBONES[0]}" "ros_${BACKBONES[0]}_second_start" "${short[@]}" || true
+  exit 0
+fi
 bench "${BACKBONES[0]}" "ros_${BACKBONES[0]}" "${search[@]}" || true
 # a second start of the first backbone: the compile and autotune caches are warm now
-bench "${BACKBONES[0]}" "ros_${BACKBONES[0]}_second_start" --lower 5 --upper 10 --width 5 --duration 2 \
-  --drain-s 2 --fixed-rates --iterations 1 || true
+bench "${BACKBONES[0]}" "ros_${BACKBONES[0]}_second_start" "${short[@]}" || true
 for b in "${BACKBONES[@]:1}"; do
   bench "$b" "ros_$b" "${search[@]}" || true
 done
