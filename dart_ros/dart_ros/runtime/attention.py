@@ -175,38 +175,38 @@ if triton is not None:
         return m_new, l_i, acc
 
     @triton.jit
-    def _block(
-        q,
-        k_ptrs,
-        v_ptrs,
-        km_ptr,
-        start,
-        Lk,
+    def _blocks(
+        tile,
+        lo,
+        hi,
         m_i,
         l_i,
         acc,
-        qk_scale,
-        stride_kl,
-        stride_vl,
         BLOCK_N: tl.constexpr,
         MASK: tl.constexpr,
         HAS_KEY_MASK: tl.constexpr,
         EXP_MODE: tl.constexpr,
     ):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        if MASK:
-            k = tl.load(k_ptrs + start * stride_kl, mask=offs_n[None, :] < Lk, other=0.0)
-            v = tl.load(v_ptrs + start * stride_vl, mask=offs_n[:, None] < Lk, other=0.0)
-        else:
-            k = tl.load(k_ptrs + start * stride_kl)
-            v = tl.load(v_ptrs + start * stride_vl)
-        s = tl.dot(q, k)
-        if MASK:
-            valid = offs_n < Lk
-            if HAS_KEY_MASK:
-                valid = valid & (tl.load(km_ptr + offs_n, mask=offs_n < Lk, other=0) != 0)
-            s = tl.where(valid[None, :], s, float("-inf"))
-        return _online_softmax(s, v, m_i, l_i, acc, qk_scale, EXP_MODE)
+        """The key blocks starting in [lo, hi) folded into the softmax state; MASK: bounds-check the
+        keys (and apply the key mask), else every block is whole. ``tile``: the program's q tile,
+        key / value / key-mask pointers, Lk, scale and key / value row strides."""
+        q, k_ptrs, v_ptrs, km_ptr, Lk, qk_scale, stride_kl, stride_vl = tile
+        for start in range(lo, hi, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            if MASK:
+                k = tl.load(k_ptrs + start * stride_kl, mask=offs_n[None, :] < Lk, other=0.0)
+                v = tl.load(v_ptrs + start * stride_vl, mask=offs_n[:, None] < Lk, other=0.0)
+            else:
+                k = tl.load(k_ptrs + start * stride_kl)
+                v = tl.load(v_ptrs + start * stride_vl)
+            s = tl.dot(q, k)
+            if MASK:
+                valid = offs_n < Lk
+                if HAS_KEY_MASK:
+                    valid = valid & (tl.load(km_ptr + offs_n, mask=offs_n < Lk, other=0) != 0)
+                s = tl.where(valid[None, :], s, float("-inf"))
+            m_i, l_i, acc = _online_softmax(s, v, m_i, l_i, acc, qk_scale, EXP_MODE)
+        return m_i, l_i, acc
 
     @triton.jit
     def _attention_kernel(
@@ -244,44 +244,9 @@ if triton is not None:
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         # a key mask (short text prompts) masks every block; without one only the partial last block
         full_end = 0 if HAS_KEY_MASK else (Lk // BLOCK_N) * BLOCK_N
-        for start in range(0, full_end, BLOCK_N):
-            m_i, l_i, acc = _block(
-                q,
-                k_ptrs,
-                v_ptrs,
-                km_ptr,
-                start,
-                Lk,
-                m_i,
-                l_i,
-                acc,
-                qk_scale,
-                s_kl,
-                s_vl,
-                BLOCK_N,
-                False,
-                False,
-                EXP_MODE,
-            )
-        for start in range(full_end, Lk, BLOCK_N):
-            m_i, l_i, acc = _block(
-                q,
-                k_ptrs,
-                v_ptrs,
-                km_ptr,
-                start,
-                Lk,
-                m_i,
-                l_i,
-                acc,
-                qk_scale,
-                s_kl,
-                s_vl,
-                BLOCK_N,
-                True,
-                HAS_KEY_MASK,
-                EXP_MODE,
-            )
+        tile = (q, k_ptrs, v_ptrs, km_ptr, Lk, qk_scale, s_kl, s_vl)
+        m_i, l_i, acc = _blocks(tile, 0, full_end, m_i, l_i, acc, BLOCK_N, False, False, EXP_MODE)
+        m_i, l_i, acc = _blocks(tile, full_end, Lk, m_i, l_i, acc, BLOCK_N, True, HAS_KEY_MASK, EXP_MODE)
         o = acc / _row_sums_final(l_i, EXP_MODE)[:, None]
         tl.store(
             Out + n * s_on + offs_m[:, None] * s_ol + head + offs_d[None, :],
