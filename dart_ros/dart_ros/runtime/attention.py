@@ -96,10 +96,12 @@ def _tma_configs():
     ]
 
 
-def _tma_blocks(nargs) -> None:
-    """A config's block sizes into the descriptors (the tuner launches the same descriptors per config)."""
-    for name, rows in (("q_desc", "BLOCK_M"), ("o_desc", "BLOCK_M"), ("k_desc", "BLOCK_N"), ("v_desc", "BLOCK_N")):
-        nargs[name].block_shape = [1, nargs[rows], nargs["HEAD_DIM"]]
+def _tma_blocks(descs, config: "triton.Config", head_dim: int) -> None:
+    """A config's block sizes into the q, k, v, out descriptors (the tuner launches the same
+    descriptors with every config)."""
+    rows = (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.kwargs["BLOCK_N"], config.kwargs["BLOCK_M"])
+    for desc, r in zip(descs, rows, strict=True):
+        desc.block_shape = [1, r, head_dim]
 
 
 def _biased_configs():
@@ -387,7 +389,7 @@ PAIRED_EXP_MODE = 0  # 1 and 2 measured slower on an H200 (dev/kernel_probe.py)
 
 
 def default_exp_mode(q: torch.Tensor) -> int:
-    if not q.is_cuda or _capability(q.device.index if q.device.index is not None else torch.cuda.current_device()) < 9:
+    if not q.is_cuda or _capability(_cuda_index(q.device)) < 9:
         return 0
     return PAIRED_EXP_MODE
 
@@ -401,10 +403,14 @@ def _capability(device: int) -> int:
     return torch.cuda.get_device_capability(device)[0]
 
 
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def _device_name(device: torch.device) -> str:
     if device.type != "cuda":
         return device.type
-    return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
+    return _cuda_name(_cuda_index(device))
 
 
 @functools.lru_cache(maxsize=None)
@@ -418,7 +424,7 @@ def tma_supported(*tensors: torch.Tensor) -> bool:
     if TensorDescriptor is None:
         return False
     for t in tensors:
-        if t.is_cuda and _capability(t.device.index if t.device.index is not None else torch.cuda.current_device()) < 9:
+        if t.is_cuda and _capability(_cuda_index(t.device)) < 9:
             return False
         step = 16 // t.element_size()
         if t.data_ptr() % 16 or any(s == 0 or s % step for s in t.stride()[:-1]) or t.stride(-1) != 1:
@@ -461,8 +467,7 @@ def launch(
         descs = [_descriptor(t, d) for t in (q, k, v, out)]
 
         def run(cfg: "triton.Config") -> None:
-            names = ("q_desc", "k_desc", "v_desc", "o_desc")
-            _tma_blocks(dict(zip(names, descs, strict=True), HEAD_DIM=d, **cfg.kwargs))
+            _tma_blocks(descs, cfg, d)
             _tma_attention_kernel[(triton.cdiv(lq, cfg.kwargs["BLOCK_M"]), n * heads)](
                 *descs,
                 lq,
