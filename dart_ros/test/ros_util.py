@@ -50,11 +50,23 @@ class RosClient:
         while time.monotonic() < deadline:
             self.executor.spin_once(timeout_sec=0.05)
 
-    def call(self, client, request, timeout: float = 30.0):
+    def call(self, client, request, timeout: float = 30.0, resend_s: float = 0.0):
+        """The response to ``request``. ``resend_s`` (idempotent requests only): send it again after
+        that many seconds without an answer. Right after discovery Fast DDS can drop a server's
+        response ("failed to send response (timeout)") when the server has not yet matched the
+        client's reply reader; wait_for_service sees only the request side."""
         assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-        future = client.call_async(request)
-        self.spin_until(future.done, timeout, f"response of {client.srv_name}")
-        return future.result()
+        deadline = time.monotonic() + timeout
+        while True:
+            future = client.call_async(request)
+            wait = min(resend_s, deadline - time.monotonic()) if resend_s > 0 else timeout
+            try:
+                self.spin_until(future.done, wait, f"response of {client.srv_name}")
+                return future.result()
+            except AssertionError:
+                client.remove_pending_request(future)
+                if resend_s <= 0 or time.monotonic() >= deadline:
+                    raise
 
     def close(self) -> None:
         import rclpy

@@ -629,7 +629,7 @@ def test_lifecycle_node_transitions(tmp_path, rng):
         pub = n.create_publisher(Image, "/lc/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
 
         def state():
-            return client.call(get, GetState.Request()).current_state.label
+            return client.call(get, GetState.Request(), resend_s=5.0).current_state.label
 
         def transition(tid):
             assert client.call(change, ChangeState.Request(transition=Transition(id=tid)), timeout=60).success
